@@ -1,0 +1,91 @@
+"""The DiffLoss denoiser: the reference's SimpleMLPAdaLN.
+
+A per-token MLP that predicts (epsilon, variance values) for a noisy token x at timestep t,
+conditioned on the transformer's output z for that token:
+  y = TimeEmbed(t) + cond_embed(z);  h = input_proj(x);  h = ResBlock_i(h, y);  FinalLayer(h, y).
+Each block is modulated by y through adaLN (shift, scale, gate), zero-initialised so the
+blocks start as identities.
+"""
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from marjax.models.layers import Dtype, dense, layer_norm
+
+FREQUENCY_DIM = 256
+zeros = nn.initializers.zeros
+normal_002 = nn.initializers.normal(0.02)
+
+
+def timestep_embedding(t: jax.Array, dim: int = FREQUENCY_DIM, max_period: float = 10000.0) -> jax.Array:
+    """Sinusoidal features of timesteps t (N,) -> (N, dim), cos features first, in float32."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = t.astype(jnp.float32)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    return x * (1 + scale) + shift
+
+
+class TimestepEmbedder(nn.Module):
+    """t (N,) -> Linear(256, W) -> SiLU -> Linear(W, W); both Linears normal(0.02) init."""
+
+    width: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, t: jax.Array) -> jax.Array:
+        h = dense(self.width, "mlp_0", self.dtype, kernel_init=normal_002)(timestep_embedding(t))
+        return dense(self.width, "mlp_2", self.dtype, kernel_init=normal_002)(nn.silu(h))
+
+
+class ResBlock(nn.Module):
+    """x + gate * MLP(LN(x) * (1 + scale) + shift), with (shift, scale, gate) = Linear(SiLU(y))."""
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        modulation = dense(3 * width, "adaLN_modulation", self.dtype, kernel_init=zeros)(nn.silu(y))
+        shift, scale, gate = jnp.split(modulation, 3, axis=-1)
+        h = modulate(layer_norm("in_ln", self.dtype)(x), shift, scale)
+        h = dense(width, "mlp_2", self.dtype)(nn.silu(dense(width, "mlp_0", self.dtype)(h)))
+        return x + gate * h
+
+
+class FinalLayer(nn.Module):
+    """Linear(LN_noaffine(x) * (1 + scale) + shift), with (shift, scale) = Linear(SiLU(y)); all zero init."""
+
+    out_channels: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        modulation = dense(2 * width, "adaLN_modulation", self.dtype, kernel_init=zeros)(nn.silu(y))
+        shift, scale = jnp.split(modulation, 2, axis=-1)
+        h = modulate(layer_norm("norm_final", self.dtype, affine=False)(x), shift, scale)
+        return dense(self.out_channels, "linear", self.dtype, kernel_init=zeros)(h)
+
+
+class SimpleMLPAdaLN(nn.Module):
+    """The denoiser. Call with x (N, C), original timesteps t (N,), condition c (N, Dz) -> (N, 2C)."""
+
+    token_dim: int
+    width: int
+    depth: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array, c: jax.Array) -> jax.Array:
+        y = TimestepEmbedder(self.width, self.dtype, name="time_embed")(t)
+        y = y + dense(self.width, "cond_embed", self.dtype)(c)
+        h = dense(self.width, "input_proj", self.dtype)(x)
+        for i in range(self.depth):
+            h = ResBlock(self.dtype, name=f"res_blocks_{i}")(h, y)
+        return FinalLayer(2 * self.token_dim, self.dtype, name="final_layer")(h, y)

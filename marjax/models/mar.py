@@ -1,0 +1,240 @@
+"""MAR: masked autoregressive generation with a per-token diffusion loss (Li et al. 2024).
+
+An MAE-style encoder sees the class-embedding buffer and the known tokens; a decoder fills
+in mask tokens and produces one condition vector z per position; the DiffLoss MLP denoises
+each token given its z. This module mirrors LTH14/mar `models/mar.py`; randomness (orders,
+masks, label drops, timesteps, noise) comes in as arguments so it can be injected.
+
+Static shapes: the number of known tokens varies per step, so the encoder takes a static
+`num_keep_max` and processes the known tokens compacted to the front of a fixed-size array,
+padding keys masked out of attention. Rows past a sample's count never reach the decoder.
+
+Layouts: latents are NHWC (B, H, W, C); tokens are (B, L, C*p*p) with the reference's inner
+order (c, p, q) and tokens row-major over the (H/p, W/p) grid. `mask` is (B, L) bool, True
+where a token is unknown (to predict).
+"""
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from marjax import diffusion
+from marjax.models.diffloss_mlp import SimpleMLPAdaLN
+from marjax.models.layers import Dtype, dense, layer_norm
+from marjax.models.transformer import Block
+
+normal_002 = nn.initializers.normal(0.02)
+
+# The published sizes (LTH14/mar): transformer width/depth/heads and the DiffLoss MLP.
+PRESETS: dict[str, dict[str, Any]] = {
+    "mar_base": dict(encoder_width=768, encoder_depth=12, encoder_heads=12,
+                     decoder_width=768, decoder_depth=12, decoder_heads=12,
+                     diffloss_depth=6, diffloss_width=1024),
+    "mar_large": dict(encoder_width=1024, encoder_depth=16, encoder_heads=16,
+                      decoder_width=1024, decoder_depth=16, decoder_heads=16,
+                      diffloss_depth=8, diffloss_width=1280),
+    "mar_huge": dict(encoder_width=1280, encoder_depth=20, encoder_heads=16,
+                     decoder_width=1280, decoder_depth=20, decoder_heads=16,
+                     diffloss_depth=12, diffloss_width=1536),
+}
+
+
+def patchify(latents: jax.Array, patch_size: int) -> jax.Array:
+    """(B, H, W, C) -> (B, (H/p)*(W/p), C*p*p), each token ordered (c, p, q) as the reference."""
+    b, h, w, c = latents.shape
+    p = patch_size
+    x = latents.reshape(b, h // p, p, w // p, p, c)
+    x = jnp.einsum("nhpwqc->nhwcpq", x)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(tokens: jax.Array, patch_size: int, grid: tuple[int, int]) -> jax.Array:
+    """(B, L, C*p*p) -> (B, H, W, C); inverse of `patchify` for a token grid (H/p, W/p)."""
+    b, _, d = tokens.shape
+    p = patch_size
+    gh, gw = grid
+    c = d // (p * p)
+    x = tokens.reshape(b, gh, gw, c, p, p)
+    x = jnp.einsum("nhwcpq->nhpwqc", x)
+    return x.reshape(b, gh * p, gw * p, c)
+
+
+class MAR(nn.Module):
+    """The MAR model. Sizes default to the ImageNet-256 setting (16x16 KL-16 latents, 16 channels)."""
+
+    latent_size: int = 16
+    latent_channels: int = 16
+    patch_size: int = 1
+    encoder_width: int = 1024
+    encoder_depth: int = 16
+    encoder_heads: int = 16
+    decoder_width: int = 1024
+    decoder_depth: int = 16
+    decoder_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    buffer_size: int = 64
+    attn_dropout: float = 0.1
+    proj_dropout: float = 0.1
+    diffloss_depth: int = 3
+    diffloss_width: int = 1024
+    dtype: Dtype = jnp.float32
+    attention_impl: str | None = None
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.latent_size // self.patch_size
+        return side, side
+
+    @property
+    def seq_len(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def token_dim(self) -> int:
+        return self.latent_channels * self.patch_size ** 2
+
+    def setup(self):
+        enc, dec, rows = self.encoder_width, self.decoder_width, self.buffer_size + self.seq_len
+        self.class_emb = nn.Embed(self.num_classes, enc, embedding_init=normal_002, name="class_emb")
+        self.fake_latent = self.param("fake_latent", normal_002, (1, enc))
+        self.z_proj = dense(enc, "z_proj", self.dtype)
+        self.z_proj_ln = layer_norm("z_proj_ln", self.dtype)
+        self.encoder_pos_embed_learned = self.param("encoder_pos_embed_learned", normal_002, (1, rows, enc))
+        self.encoder_blocks = [self._block(self.encoder_heads, f"encoder_blocks_{i}")
+                               for i in range(self.encoder_depth)]
+        self.encoder_norm = layer_norm("encoder_norm", self.dtype)
+
+        self.decoder_embed = dense(dec, "decoder_embed", self.dtype)
+        self.mask_token = self.param("mask_token", normal_002, (1, 1, dec))
+        self.decoder_pos_embed_learned = self.param("decoder_pos_embed_learned", normal_002, (1, rows, dec))
+        self.decoder_blocks = [self._block(self.decoder_heads, f"decoder_blocks_{i}")
+                               for i in range(self.decoder_depth)]
+        self.decoder_norm = layer_norm("decoder_norm", self.dtype)
+        self.diffusion_pos_embed_learned = self.param(
+            "diffusion_pos_embed_learned", normal_002, (1, self.seq_len, dec))
+
+        self.diffloss = SimpleMLPAdaLN(self.token_dim, self.diffloss_width, self.diffloss_depth,
+                                       self.dtype, name="diffloss")
+
+    def _block(self, heads: int, name: str) -> Block:
+        return Block(heads, self.mlp_ratio, self.attn_dropout, self.proj_dropout, self.dtype,
+                     self.attention_impl, name=name)
+
+    def class_embedding(self, labels: jax.Array, drop_label: jax.Array) -> jax.Array:
+        """labels (B,) int, drop_label (B,) bool -> (B, D): the class embedding, or `fake_latent` where dropped."""
+        return jnp.where(drop_label[:, None], self.fake_latent, self.class_emb(labels))
+
+    def encode(self, tokens: jax.Array, mask: jax.Array, class_embedding: jax.Array, num_keep_max: int,
+               deterministic: bool = True) -> jax.Array:
+        """The MAE encoder on the buffer rows and the known tokens.
+
+        Args:
+          tokens: (B, L, token_dim). mask: (B, L) bool, True = unknown. class_embedding: (B, D).
+          num_keep_max: static upper bound on the number of known tokens per sample.
+        Returns:
+          (B, buffer + num_keep_max, D): buffer rows, then the known tokens in ascending position
+          order; rows past a sample's known count are padding.
+        """
+        b = tokens.shape[0]
+        x = self.z_proj(tokens)
+        buffer = jnp.broadcast_to(class_embedding[:, None, :].astype(x.dtype), (b, self.buffer_size, x.shape[-1]))
+        x = self.z_proj_ln(jnp.concatenate([buffer, x], axis=1) + self.encoder_pos_embed_learned)
+        # A stable argsort of the mask puts the known tokens first, in ascending position order.
+        keep_index = jnp.argsort(mask, axis=1, stable=True)[:, :num_keep_max]
+        known = jnp.take_along_axis(x[:, self.buffer_size:], keep_index[:, :, None], axis=1)
+        x = jnp.concatenate([x[:, :self.buffer_size], known], axis=1)
+        lengths = self.buffer_size + jnp.sum(~mask, axis=1)
+        for block in self.encoder_blocks:
+            x = block(x, lengths, deterministic)
+        return self.encoder_norm(x)
+
+    def decode(self, x: jax.Array, mask: jax.Array, deterministic: bool = True) -> jax.Array:
+        """The decoder: encoder rows back in place, mask tokens elsewhere.
+
+        Args:
+          x: (B, buffer + K, D) output of `encode`. mask: (B, L) bool, True = unknown.
+        Returns:
+          z: (B, L, D_dec), the condition of the DiffLoss MLP for every position.
+        """
+        x = self.decoder_embed(x)
+        # The k-th known token (in position order) sits at encoder row buffer + k.
+        rank = jnp.cumsum(~mask, axis=1) - 1
+        rank = jnp.clip(rank, 0, x.shape[1] - self.buffer_size - 1)
+        known = jnp.take_along_axis(x[:, self.buffer_size:], rank[:, :, None], axis=1)
+        tokens = jnp.where(mask[:, :, None], self.mask_token.astype(x.dtype), known)
+        x = jnp.concatenate([x[:, :self.buffer_size], tokens], axis=1) + self.decoder_pos_embed_learned
+        for block in self.decoder_blocks:
+            x = block(x, None, deterministic)
+        x = self.decoder_norm(x)[:, self.buffer_size:]
+        return x + self.diffusion_pos_embed_learned
+
+    def condition(self, tokens: jax.Array, mask: jax.Array, labels: jax.Array, drop_label: jax.Array,
+                  num_keep_max: int, deterministic: bool = True) -> jax.Array:
+        """Encoder then decoder: (B, L, token_dim) tokens -> z (B, L, D_dec)."""
+        class_embedding = self.class_embedding(labels, drop_label)
+        x = self.encode(tokens, mask, class_embedding, num_keep_max, deterministic)
+        return self.decode(x, mask, deterministic)
+
+    def denoise(self, x: jax.Array, t: jax.Array, z: jax.Array) -> jax.Array:
+        """The DiffLoss MLP: x (N, token_dim), original timesteps t (N,), z (N, D_dec) -> (N, 2*token_dim) fp32."""
+        return self.diffloss(x, t, z).astype(jnp.float32)
+
+    def __call__(self, tokens: jax.Array, labels: jax.Array, mask: jax.Array, drop_label: jax.Array,
+                 t: jax.Array, noise: jax.Array, num_keep_max: int,
+                 deterministic: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The training loss with all randomness given.
+
+        Args:
+          tokens: (B, L, token_dim) clean tokens. labels: (B,). mask: (B, L) bool, True = masked.
+          drop_label: (B,) bool, use `fake_latent` instead of the class embedding.
+          t: (B*L*mul,) timesteps in 0..999 and noise: (B*L*mul, token_dim), for the rows of the
+            flattened tokens tiled `mul` (diffusion_batch_mul) times as whole copies.
+          num_keep_max: static bound on the number of unmasked tokens per sample.
+        Returns:
+          (loss, terms): loss = sum(row_loss * mask) / sum(mask) over the tiled rows; terms holds
+          the per-row "mse", "vb" and "loss" (N,).
+        """
+        b, seq_len, token_dim = tokens.shape
+        z = self.condition(tokens, mask, labels, drop_label, num_keep_max, deterministic)
+        mul = t.shape[0] // (b * seq_len)
+        target = jnp.tile(tokens.reshape(b * seq_len, token_dim).astype(jnp.float32), (mul, 1))
+        z = jnp.tile(z.reshape(b * seq_len, -1), (mul, 1))
+        row_mask = jnp.tile(mask.reshape(b * seq_len), mul).astype(jnp.float32)
+        x_t = diffusion.q_sample(TRAIN_DIFFUSION, target, t, noise)
+        terms = diffusion.training_losses(TRAIN_DIFFUSION, self.denoise(x_t, t, z), target, x_t, t, noise)
+        loss = jnp.sum(terms["loss"] * row_mask) / jnp.sum(row_mask)
+        return loss, terms
+
+
+TRAIN_DIFFUSION = diffusion.make_diffusion()
+
+
+def mar_preset(name: str, **overrides: Any) -> MAR:
+    """A MAR module of a published size ("mar_base", "mar_large", "mar_huge"), with field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown MAR preset {name!r}; choose one of {sorted(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(MAR)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown MAR fields {unknown}; valid fields: {sorted(fields - {'parent', 'name'})}")
+    return MAR(**{**PRESETS[name], **overrides})
+
+
+def init_params(model: MAR, rng: jax.Array, batch_size: int = 1) -> dict:
+    """Initial params of `model` (a pytree of fp32 arrays), touching every submodule once."""
+    tokens = jnp.zeros((batch_size, model.seq_len, model.token_dim), jnp.float32)
+    labels = jnp.zeros((batch_size,), jnp.int32)
+    mask = jnp.zeros((batch_size, model.seq_len), bool)
+    rows = batch_size * model.seq_len
+    return model.init(rng, tokens, labels, mask, jnp.zeros((batch_size,), bool),
+                      jnp.zeros((rows,), jnp.int32), jnp.zeros((rows, model.token_dim)),
+                      num_keep_max=model.seq_len)["params"]
+
+
+def count_params(model: MAR) -> int:
+    """Number of parameters, from shapes only (`jax.eval_shape`, nothing allocated)."""
+    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    return sum(int(x.size) for x in jax.tree.leaves(shapes))

@@ -1,0 +1,122 @@
+"""MAR's iterative sampler as one compiled program.
+
+Outer loop (`lax.scan` over num_iter steps, counts precomputed on the host): encode the known
+tokens, decode a condition z for every position, then run the DiffLoss reverse process on
+only the tokens this step predicts, `order[masked_after : masked_before]`. Their number varies
+per step, so they sit in a slab of static size `max_predicted`; slots past the step's count
+are computed and discarded. Inner loop: the respaced diffusion steps (`lax.scan`).
+
+Guidance (cfg != 1): the transformer runs on [cond; uncond] (uncond = `fake_latent`), and the
+MLP on the same x with both conditions; eps = uncond + s (cond - uncond), variance from the
+cond half. labels=None samples unconditionally (`fake_latent` everywhere), as the reference.
+
+Randomness: `rng` splits into the orders and one key per outer step; the same rng gives the
+same images. Orders and noise can also be given explicitly (parity tests against the reference).
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from marjax import diffusion
+from marjax.masking import sample_orders, sampling_schedule
+from marjax.models.mar import MAR, unpatchify
+
+
+def generate(model: MAR, params: dict, labels: jax.Array | None, rng: jax.Array, *, num_iter: int = 64,
+             cfg: float = 1.0, cfg_schedule: str = "linear", temperature: float = 1.0,
+             num_diffusion_steps: int = 100, batch_size: int | None = None,
+             orders: jax.Array | None = None, noise: jax.Array | None = None) -> jax.Array:
+    """Samples latents with MAR.
+
+    Args:
+      model, params: the MAR module and its params (EMA params for evaluation).
+      labels: (B,) int class labels, or None for unconditional samples (then give `batch_size`).
+      rng: PRNG key. num_iter: outer steps. cfg: guidance scale (1.0 = none).
+      cfg_schedule: "linear" or "constant". temperature: scales the diffusion noise.
+      num_diffusion_steps: respaced reverse-process steps (the reference's "100").
+      orders: optional (B, L) generation orders, replacing the ones drawn from rng.
+      noise: optional (num_iter, num_diffusion_steps + 1, B * max_predicted, token_dim) standard
+        normal noise replacing the draws: [k, 0] starts step k's reverse process, [k, j] is added
+        at its j-th diffusion step. Rows are (sample, slot) with slot s holding order[after_k + s].
+    Returns:
+      (B, latent_size, latent_size, latent_channels) float32 latents (NHWC).
+    """
+    if labels is None and batch_size is None:
+        raise ValueError("unconditional sampling (labels=None) needs batch_size")
+    if labels is not None:
+        labels = jnp.asarray(labels, jnp.int32)
+        if labels.ndim != 1:
+            raise ValueError(f"labels must be (B,), got shape {labels.shape}")
+        batch_size = labels.shape[0]
+    fn = _compiled_sampler(model, num_iter, num_diffusion_steps, cfg_schedule, cfg != 1.0, batch_size)
+    return fn(params, labels, rng, jnp.float32(cfg), jnp.float32(temperature), orders, noise)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_sampler(model: MAR, num_iter: int, num_diffusion_steps: int, cfg_schedule: str,
+                      guided: bool, batch_size: int):
+    """One jitted sampler per static setting; cfg and temperature are traced (no recompile)."""
+    schedule = sampling_schedule(model.seq_len, num_iter)
+    gen_diffusion = diffusion.make_diffusion(str(num_diffusion_steps))
+    seq_len, token_dim, slab = model.seq_len, model.token_dim, schedule.max_predicted
+    schedule.cfg_scales(1.0, cfg_schedule)  # fail on an unknown schedule before tracing
+
+    def run(params, labels, rng, cfg, temperature, orders, noise):
+        b = batch_size
+        variables = {"params": params}
+        orders_key, steps_key = jax.random.split(rng)
+        if orders is None:
+            orders = sample_orders(orders_key, b, seq_len)
+        rank = jnp.argsort(orders, axis=1)
+        # Padding lets a slab of `slab` entries start anywhere in 0..L without clamping.
+        padded_orders = jnp.concatenate([orders, jnp.zeros((b, slab), orders.dtype)], axis=1)
+        if labels is None:
+            labels, drop = jnp.zeros((b,), jnp.int32), jnp.ones((b,), bool)
+        else:
+            drop = jnp.zeros((b,), bool)
+        if guided:
+            labels = jnp.concatenate([labels, labels])
+            drop = jnp.concatenate([drop, jnp.ones((b,), bool)])
+        copies = 2 if guided else 1
+        rows = jnp.arange(b)[:, None]
+
+        def outer_step(tokens, xs):
+            k, before, after, scale = xs
+            mask = rank < before
+            z = model.apply(variables, jnp.tile(tokens, (copies, 1, 1)), jnp.tile(mask, (copies, 1)),
+                            labels, drop, schedule.max_known, method=MAR.condition)
+            positions = jax.lax.dynamic_slice_in_dim(padded_orders, after, slab, axis=1)  # (B, slab)
+            z = jnp.take_along_axis(z, jnp.tile(positions, (copies, 1))[:, :, None], axis=1)
+            z = z.reshape(copies * b * slab, -1)
+
+            def model_fn(x, t):
+                out = model.apply(variables, jnp.tile(x, (copies, 1)), jnp.tile(t, copies), z,
+                                  method=MAR.denoise)
+                if not guided:
+                    return out
+                cond, uncond = jnp.split(out, 2)
+                eps_cond, var_cond = jnp.split(cond, 2, axis=-1)
+                eps_uncond, _ = jnp.split(uncond, 2, axis=-1)
+                return jnp.concatenate([eps_uncond + scale * (eps_cond - eps_uncond), var_cond], axis=-1)
+
+            step_key = jax.random.fold_in(steps_key, k)
+
+            def draw(j):  # j = 0: the starting noise; j >= 1: the noise of diffusion step j
+                if noise is not None:
+                    return noise[k, j]
+                return jax.random.normal(jax.random.fold_in(step_key, j), (b * slab, token_dim))
+
+            sampled = diffusion.p_sample_loop(gen_diffusion, model_fn, draw(0), lambda j: draw(j + 1),
+                                              temperature)
+            valid = jnp.arange(slab)[None, :] < (before - after)
+            target = jnp.where(valid, positions, seq_len)  # out of range: dropped by the scatter
+            tokens = tokens.at[rows, target].set(sampled.reshape(b, slab, token_dim), mode="drop")
+            return tokens, None
+
+        xs = (jnp.arange(num_iter), jnp.asarray(schedule.masked_before), jnp.asarray(schedule.masked_after),
+              schedule.cfg_scales(cfg, cfg_schedule))
+        tokens, _ = jax.lax.scan(outer_step, jnp.zeros((b, seq_len, token_dim), jnp.float32), xs)
+        return unpatchify(tokens, model.patch_size, model.grid)
+
+    return jax.jit(run)

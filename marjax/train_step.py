@@ -1,0 +1,115 @@
+"""MAR's train step: random orders and masks, the masked diffusion loss, AdamW, EMA.
+
+`train_step(state, batch, rng) -> (state, metrics)` is a pure function of static shapes: the
+number of masked tokens (ceil(L r), r ~ truncated normal on [0.7, 1]) is drawn inside the
+step, and the encoder always takes `L - ceil(0.7 L)` known-token slots with padding masked
+out of attention, so one compilation serves every step. The step's rng is
+`fold_in(rng, state.step)`.
+
+Recipe (the reference's): AdamW betas (0.9, 0.95), weight decay on >= 2-D params outside the
+DiffLoss MLP, global-norm clipping, lr warmup from 0 then constant or cosine, EMA of the
+params updated every step from step 0.
+"""
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from marjax.diffusion import NUM_TRAIN_TIMESTEPS
+from marjax.masking import mask_from_orders, max_unmasked, sample_num_masked, sample_orders
+from marjax.models.mar import MAR, init_params, patchify
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run carries between steps; a pytree, so it shards and checkpoints as one."""
+
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+
+
+def weight_decay_mask(params: Any) -> Any:
+    """True where AdamW decays: >= 2-D params outside the DiffLoss MLP (embeddings included);
+    biases, LayerNorm params and every DiffLoss param are not decayed, as in the reference."""
+    flat = flax.traverse_util.flatten_dict(params)
+    return flax.traverse_util.unflatten_dict(
+        {path: (leaf.ndim >= 2 and "diffloss" not in path) for path, leaf in flat.items()})
+
+
+def learning_rate_schedule(base_lr: float, warmup_steps: int, kind: str = "constant",
+                           total_steps: int | None = None, min_lr: float = 0.0) -> optax.Schedule:
+    """lr(step): linear warmup from 0 over `warmup_steps`, then "constant" or "cosine" down to min_lr."""
+    warmup = optax.linear_schedule(0.0, base_lr, max(warmup_steps, 1))
+    if kind == "constant":
+        after = optax.constant_schedule(base_lr)
+    elif kind == "cosine":
+        if total_steps is None or total_steps <= warmup_steps:
+            raise ValueError(f"a cosine schedule needs total_steps > warmup_steps ({warmup_steps}), "
+                             f"got {total_steps}")
+        after = optax.cosine_decay_schedule(base_lr, total_steps - warmup_steps, alpha=min_lr / base_lr)
+    else:
+        raise ValueError(f"unknown lr schedule {kind!r}; use 'constant' or 'cosine'")
+    return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def make_optimizer(schedule: optax.Schedule, weight_decay: float = 0.02, b1: float = 0.9,
+                   b2: float = 0.95, grad_clip: float | None = 3.0) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW with the reference's weight-decay mask."""
+    adamw = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=weight_decay_mask)
+    return optax.chain(optax.clip_by_global_norm(grad_clip), adamw) if grad_clip else adamw
+
+
+def create_train_state(model: MAR, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+    """Fresh state: initial params, EMA equal to them, optimizer state, step 0."""
+    params = init_params(model, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+
+
+def make_train_step(model: MAR, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
+                    mask_ratio_min: float = 0.7, label_drop_prob: float = 0.1,
+                    diffusion_batch_mul: int = 4,
+                    ema_rate: float = 0.9999) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+    """Builds `train_step(state, batch, rng) -> (state, metrics)`.
+
+    batch: {"latents": (B, H, W, C) float in model space (scaled VAE latents, or pixels in
+    [-1, 1] for a pixel-space model), "labels": (B,) int}.
+    metrics: loss, grad_norm, lr, param_norm, mask_ratio (scalars).
+    """
+    seq_len, token_dim = model.seq_len, model.token_dim
+    num_keep_max = max_unmasked(seq_len, mask_ratio_min)
+
+    def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+        rng = jax.random.fold_in(rng, state.step)
+        order_key, ratio_key, drop_key, t_key, noise_key, dropout_key = jax.random.split(rng, 6)
+        tokens = patchify(batch["latents"].astype(jnp.float32), model.patch_size)
+        b = tokens.shape[0]
+        orders = sample_orders(order_key, b, seq_len)
+        num_masked = sample_num_masked(ratio_key, seq_len, mask_ratio_min)
+        mask = mask_from_orders(orders, num_masked)
+        drop_label = jax.random.bernoulli(drop_key, label_drop_prob, (b,))
+        rows = b * seq_len * diffusion_batch_mul
+        t = jax.random.randint(t_key, (rows,), 0, NUM_TRAIN_TIMESTEPS)
+        noise = jax.random.normal(noise_key, (rows, token_dim))
+
+        def loss_fn(params):
+            loss, _ = model.apply({"params": params}, tokens, batch["labels"], mask, drop_label, t, noise,
+                                  num_keep_max, deterministic=False, rngs={"dropout": dropout_key})
+            return loss
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_params = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p, state.ema_params, params)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
+                   "param_norm": optax.tree.norm(params), "mask_ratio": num_masked / seq_len}
+        return TrainState(state.step + 1, params, ema_params, opt_state), metrics
+
+    return train_step

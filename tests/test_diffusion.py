@@ -1,0 +1,118 @@
+"""The diffusion tables and maths against closed forms."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from marjax import diffusion
+
+
+def alpha_bar(t):
+    return np.cos((t + 0.008) / 1.008 * np.pi / 2) ** 2
+
+
+def test_cosine_betas_closed_form():
+    betas = diffusion.cosine_betas(1000)
+    i = np.arange(1000)
+    expected = np.minimum(1 - alpha_bar((i + 1) / 1000) / alpha_bar(i / 1000), 0.999)
+    assert betas.dtype == np.float64
+    np.testing.assert_allclose(betas, expected, rtol=1e-12)
+    assert betas[-1] == 0.999 and betas[0] < 1e-4
+
+
+def test_respaced_timesteps_are_the_reference_set():
+    kept = diffusion.space_timesteps(1000, "100")
+    assert len(kept) == 100
+    assert kept[:7] == [0, 10, 20, 30, 40, 50, 61]
+    assert kept[-2:] == [989, 999]
+    # Stride 999/99 accumulated with Python's round.
+    cur, expected = 0.0, []
+    for _ in range(100):
+        expected.append(round(cur))
+        cur += 999 / 99
+    assert kept == expected
+    assert len(diffusion.space_timesteps(1000, "50")) == 50
+    with pytest.raises(ValueError, match="DDIM"):
+        diffusion.space_timesteps(1000, "ddim25")
+
+
+def test_respacing_keeps_alpha_bar_and_maps_timesteps():
+    base = diffusion.make_diffusion()
+    spaced = diffusion.make_diffusion("100")
+    kept = np.array(diffusion.space_timesteps(1000, "100"))
+    np.testing.assert_array_equal(spaced.timestep_map, kept)
+    np.testing.assert_allclose(spaced.alphas_cumprod, base.alphas_cumprod[kept], rtol=1e-10)
+    np.testing.assert_array_equal(base.timestep_map, np.arange(1000))
+
+
+def _rows(n=6, c=3, seed=0):
+    r = np.random.default_rng(seed)
+    return (jnp.asarray(r.normal(size=(n, c)), jnp.float32), jnp.asarray(r.normal(size=(n, c)), jnp.float32))
+
+
+def test_true_epsilon_gives_posterior_mean_and_zero_loss_away_from_t0():
+    d = diffusion.make_diffusion()
+    x0, noise = _rows()
+    t = jnp.array([1, 5, 100, 500, 998, 999])
+    x_t = diffusion.q_sample(d, x0, t, noise)
+    # Variance value -1 selects the clipped posterior log variance; +1 selects log beta.
+    out = jnp.concatenate([noise, -jnp.ones_like(noise)], axis=-1)
+    mean, log_var = diffusion.p_mean_variance(d, out, x_t, t)
+    true_mean, true_log_var = diffusion.q_posterior(d, x0, x_t, t)
+    np.testing.assert_allclose(mean, true_mean, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(log_var, jnp.broadcast_to(true_log_var, log_var.shape), rtol=1e-6)
+    _, log_var_hi = diffusion.p_mean_variance(d, jnp.concatenate([noise, jnp.ones_like(noise)], -1), x_t, t)
+    np.testing.assert_allclose(log_var_hi[:, 0], np.log(d.betas[np.asarray(t)]).astype(np.float32), rtol=1e-6)
+    terms = diffusion.training_losses(d, out, x0, x_t, t, noise)
+    np.testing.assert_allclose(terms["mse"], 0.0, atol=1e-10)
+    np.testing.assert_allclose(terms["vb"], 0.0, atol=2e-3)
+    # A wrong epsilon is penalised by both terms.
+    wrong = diffusion.training_losses(d, out.at[:, :3].add(0.5), x0, x_t, t, noise)
+    np.testing.assert_allclose(wrong["mse"], 0.25, rtol=1e-5)
+    assert (wrong["vb"] > 0).all()  # frozen for gradients only: the value still counts
+
+
+def test_vb_term_does_not_backpropagate_into_epsilon():
+    d = diffusion.make_diffusion()
+    x0, noise = _rows()
+    t = jnp.array([0, 3, 10, 200, 700, 999])
+    x_t = diffusion.q_sample(d, x0, t, noise)
+    out = jnp.concatenate([noise + 0.3, 0.2 * jnp.ones_like(noise)], axis=-1)
+    grad = jax.grad(lambda o: diffusion.training_losses(d, o, x0, x_t, t, noise)["vb"].sum())(out)
+    assert (grad[:, :3] == 0).all() and (jnp.abs(grad[:, 3:]) > 0).all()
+
+
+def test_decoder_nll_at_t0_is_a_discretised_gaussian_in_bits():
+    d = diffusion.make_diffusion()
+    x0 = jnp.array([[0.0, 0.5, -1.0, 1.0]])
+    t = jnp.array([0])
+    out = jnp.zeros((1, 8))
+    x_t = diffusion.q_sample(d, x0, t, jnp.zeros_like(x0))
+    terms = diffusion.training_losses(d, out, x0, x_t, t, jnp.zeros_like(x0))
+    mean, log_var = diffusion.p_mean_variance(d, out, x_t, t)
+    sd = np.exp(0.5 * np.asarray(log_var))[0]
+    cdf = lambda v: 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))  # noqa: E731
+    m, x = np.asarray(mean)[0], np.asarray(x0)[0]
+    probs = cdf((x - m + 1 / 255) / sd) - cdf((x - m - 1 / 255) / sd)
+    probs[2] = cdf((x[2] - m[2] + 1 / 255) / sd[2])  # x < -0.999: the whole left tail
+    probs[3] = 1 - cdf((x[3] - m[3] - 1 / 255) / sd[3])  # x > 0.999: the whole right tail
+    expected = -np.mean(np.log(probs)) / np.log(2)
+    np.testing.assert_allclose(terms["vb"][0], expected, rtol=1e-4)
+
+
+def test_reverse_process_with_an_oracle_recovers_the_data_point():
+    d = diffusion.make_diffusion("10")
+    x0 = jnp.array([[0.3, -0.7], [1.2, 0.1]])
+    abar = jnp.asarray(np.concatenate([d.alphas_cumprod]).astype(np.float32))
+    index_of = {int(v): i for i, v in enumerate(d.timestep_map)}
+    lookup = jnp.array([index_of.get(v, 0) for v in range(1000)])
+
+    def oracle(x, t_model):  # the exact epsilon for a point mass at x0, posterior variance
+        a = abar[lookup[t_model]][:, None]
+        eps = (x - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
+        return jnp.concatenate([eps, -jnp.ones_like(eps)], axis=-1)
+
+    key = jax.random.key(0)
+    x = diffusion.p_sample_loop(d, oracle, jax.random.normal(key, x0.shape),
+                                lambda j: jax.random.normal(jax.random.fold_in(key, j), x0.shape), 1.0)
+    np.testing.assert_allclose(x, x0, atol=1e-4)

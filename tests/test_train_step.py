@@ -1,0 +1,109 @@
+"""The train step: one compilation for all mask counts, the reference recipe, learning on toy data."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from marjax.masking import mask_from_orders, sample_orders
+from marjax.models.mar import MAR, init_params, patchify
+from marjax.train_step import (create_train_state, learning_rate_schedule, make_optimizer, make_train_step,
+                               weight_decay_mask)
+from tests.conftest import TINY
+
+
+def toy_batch(n=16):
+    """Two classes of fixed 8x8x4 patterns plus a little noise."""
+    labels = jnp.arange(n) % 2
+    base = jnp.stack([jnp.linspace(-0.8, 0.8, 256).reshape(8, 8, 4), jnp.cos(jnp.arange(256.0)).reshape(8, 8, 4)])
+    latents = base[labels] + 0.05 * jax.random.normal(jax.random.key(7), (n, 8, 8, 4))
+    return {"latents": latents, "labels": labels}
+
+
+def test_one_compilation_for_twenty_steps_with_varying_mask_counts(tiny_model):
+    schedule = learning_rate_schedule(1e-3, 5)
+    tx = make_optimizer(schedule)
+    step_fn = make_train_step(tiny_model, tx, schedule)
+    traces = []
+
+    def counted(state, batch, rng):
+        traces.append(1)  # runs once per trace, i.e. per compilation
+        return step_fn(state, batch, rng)
+
+    jitted = jax.jit(counted, donate_argnums=0)
+    state = create_train_state(tiny_model, tx, jax.random.key(0))
+    ratios = []
+    for i in range(20):
+        state, metrics = jitted(state, toy_batch(), jax.random.key(1))
+        ratios.append(float(metrics["mask_ratio"]))
+    assert len(traces) == 1
+    assert len(set(ratios)) >= 3, ratios  # the mask count really changed between steps
+    assert int(state.step) == 20
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_loss_falls_on_a_toy_dataset(tiny_model):
+    schedule = learning_rate_schedule(2e-3, 10)
+    tx = make_optimizer(schedule)
+    state = create_train_state(tiny_model, tx, jax.random.key(0))
+    step = jax.jit(make_train_step(tiny_model, tx, schedule, ema_rate=0.9), donate_argnums=0)
+    batch = toy_batch()
+    tokens = patchify(batch["latents"], 2)
+    orders = sample_orders(jax.random.key(3), 16, 16)
+    mask = mask_from_orders(orders, jnp.int32(13))
+    t = jax.random.randint(jax.random.key(4), (16 * 16 * 4,), 0, 1000)
+    noise = jax.random.normal(jax.random.key(5), (16 * 16 * 4, 4 * 4))
+
+    def fixed_loss(params):
+        loss, _ = tiny_model.apply({"params": params}, tokens, batch["labels"], mask, jnp.zeros(16, bool),
+                                   t, noise, 4)
+        return float(loss)
+
+    before = fixed_loss(state.params)
+    for _ in range(150):
+        state, _ = step(state, batch, jax.random.key(6))
+    assert fixed_loss(state.params) < 0.6 * before
+    assert fixed_loss(state.ema_params) < 0.8 * before
+
+
+def test_weight_decay_mask_follows_the_reference():
+    params = init_params(MAR(**TINY), jax.random.key(0))
+    mask = weight_decay_mask(params)
+    assert mask["class_emb"]["embedding"] and mask["fake_latent"] and mask["mask_token"]
+    assert mask["encoder_pos_embed_learned"] and mask["diffusion_pos_embed_learned"]
+    assert mask["z_proj"]["kernel"] and not mask["z_proj"]["bias"]
+    assert not mask["z_proj_ln"]["scale"] and not mask["encoder_blocks_0"]["norm1"]["bias"]
+    assert mask["encoder_blocks_0"]["attn"]["qkv"]["kernel"]
+    assert not any(jax.tree.leaves(mask["diffloss"]))
+
+
+def test_adamw_decays_only_masked_params():
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,)), "diffloss": {"k": jnp.ones((2, 2))}}
+    tx = make_optimizer(optax.constant_schedule(0.1), weight_decay=0.5, grad_clip=None)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], -0.05)  # -lr * wd * p, Adam term zero for zero grads
+    np.testing.assert_allclose(updates["b"], 0.0)
+    np.testing.assert_allclose(updates["diffloss"]["k"], 0.0)
+
+
+def test_grad_clip_and_ema(tiny_model):
+    schedule = learning_rate_schedule(1e-3, 0)
+    tx = make_optimizer(schedule, grad_clip=1e-6)
+    state = create_train_state(tiny_model, tx, jax.random.key(0))
+    new, metrics = jax.jit(make_train_step(tiny_model, tx, schedule, ema_rate=0.75))(state, toy_batch(), jax.random.key(1))
+    expected = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, state.ema_params, new.params)
+    for a, b in zip(jax.tree.leaves(new.ema_params), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert float(metrics["grad_norm"]) > 1e-6  # reported before clipping
+
+
+def test_learning_rate_schedules():
+    constant = learning_rate_schedule(8e-4, 100)
+    assert float(constant(0)) == 0.0
+    np.testing.assert_allclose(float(constant(50)), 4e-4, rtol=1e-6)
+    np.testing.assert_allclose(float(constant(5000)), 8e-4, rtol=1e-6)
+    cosine = learning_rate_schedule(1e-3, 10, "cosine", total_steps=110, min_lr=1e-5)
+    np.testing.assert_allclose(float(cosine(60)), 1e-5 + (1e-3 - 1e-5) * 0.5, rtol=1e-5)
+    np.testing.assert_allclose(float(cosine(110)), 1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="total_steps"):
+        learning_rate_schedule(1e-3, 10, "cosine")
