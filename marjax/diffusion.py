@@ -91,19 +91,16 @@ def make_diffusion(respacing: str | None = None,
 
     Respacing keeps the original alpha_bar at the kept steps: beta_i = 1 - alpha_bar_i / alpha_bar_prev.
     """
-    base_betas = cosine_betas(num_timesteps)
-    if respacing in (None, ""):
-        timestep_map = np.arange(num_timesteps)
-        betas = base_betas
-    else:
-        kept = space_timesteps(num_timesteps, respacing)
-        base_alphas_cumprod = np.cumprod(1.0 - base_betas)
-        new_betas, last = [], 1.0
-        for i in kept:
-            new_betas.append(1.0 - base_alphas_cumprod[i] / last)
-            last = base_alphas_cumprod[i]
-        timestep_map = np.array(kept)
-        betas = np.array(new_betas, dtype=np.float64)
+    # Like the reference, the unrespaced (training) process also goes through respacing with
+    # every step kept, which recomputes its betas from alpha_bar (they differ in the last ulp).
+    kept = range(num_timesteps) if respacing in (None, "") else space_timesteps(num_timesteps, respacing)
+    base_alphas_cumprod = np.cumprod(1.0 - cosine_betas(num_timesteps))
+    new_betas, last = [], 1.0
+    for i in kept:
+        new_betas.append(1.0 - base_alphas_cumprod[i] / last)
+        last = base_alphas_cumprod[i]
+    timestep_map = np.array(kept)
+    betas = np.array(new_betas, dtype=np.float64)
 
     alphas = 1.0 - betas
     alphas_cumprod = np.cumprod(alphas)
