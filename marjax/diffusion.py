@@ -212,19 +212,18 @@ def p_sample_loop(d: Diffusion, model_fn: Callable[[jax.Array, jax.Array], jax.A
     """Ancestral sampling from x_T down to x_0 through every step of `d`, as one `lax.scan`.
 
     Args:
-      model_fn: (x (N, C), original timesteps (N,)) -> network output (N, 2C).
+      model_fn: (x (N, C), original timestep (1,), shared by all rows) -> network output (N, 2C).
       x_T: (N, C) starting noise.
       noise_fn: step number j (0 for the first step, at index T-1) -> (N, C) standard normal noise.
       temperature: scales the injected noise only; the last step (index 0) adds no noise.
     Returns:
       x_0, (N, C).
     """
-    n = x_T.shape[0]
     timestep_map = jnp.asarray(d.timestep_map)
 
     def step(x, j):
         index = d.num_timesteps - 1 - j
-        t = jnp.full((n,), index, jnp.int32)
+        t = jnp.full((1,), index, jnp.int32)  # shared by all rows: one time embedding, broadcast
         model_output = model_fn(x, timestep_map[t]).astype(jnp.float32)
         mean, log_variance = p_mean_variance(d, model_output, x, t)
         nonzero = (index != 0).astype(x.dtype)

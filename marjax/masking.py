@@ -65,6 +65,17 @@ class SamplingSchedule:
         """Static bound on the known tokens the encoder sees at any step."""
         return int(self.seq_len - self.masked_before.min())
 
+    def segments(self, count: int) -> list[tuple[int, int, int, int]]:
+        """Splits the steps into `count` consecutive runs of near-equal length.
+
+        Returns (start, stop, max_predicted, max_known) per run: the static slab size and
+        encoder bound that the steps start..stop-1 need.
+        """
+        count = min(count, len(self.masked_before))
+        bounds = np.linspace(0, len(self.masked_before), count + 1).round().astype(int)
+        return [(int(a), int(b), int(self.num_predicted[a:b].max()), int(self.seq_len - self.masked_before[a:b].min()))
+                for a, b in zip(bounds[:-1], bounds[1:])]
+
     def cfg_scales(self, cfg: float | jax.Array, kind: str) -> jax.Array:
         """(num_iter,) guidance scales: "linear" 1 + (cfg-1)(L - mask_len)/L (Muse) or "constant" cfg."""
         if kind == "linear":

@@ -3,8 +3,11 @@
 Outer loop (`lax.scan` over num_iter steps, counts precomputed on the host): encode the known
 tokens, decode a condition z for every position, then run the DiffLoss reverse process on
 only the tokens this step predicts, `order[masked_after : masked_before]`. Their number varies
-per step, so they sit in a slab of static size `max_predicted`; slots past the step's count
-are computed and discarded. Inner loop: the respaced diffusion steps (`lax.scan`).
+per step, so they sit in a slab of static size; slots past the step's count are computed and
+discarded. The outer loop is split into a few consecutive scans ("segments"), each with the
+slab size and encoder length its own steps need, so early steps (few known tokens) and late
+steps (many tokens per step) do not pay for each other. Inner loop: the respaced diffusion
+steps (`lax.scan`).
 
 Guidance (cfg != 1): the transformer runs on [cond; uncond] (uncond = `fake_latent`), and the
 MLP on the same x with both conditions; eps = uncond + s (cond - uncond), variance from the
@@ -22,6 +25,9 @@ from marjax import diffusion
 from marjax.masking import sample_orders, sampling_schedule
 from marjax.models.mar import MAR, unpatchify
 
+# The outer loop runs as this many scans, each with static sizes fitted to its own steps.
+NUM_SEGMENTS = 4
+
 
 def generate(model: MAR, params: dict, labels: jax.Array | None, rng: jax.Array, *, num_iter: int = 64,
              cfg: float = 1.0, cfg_schedule: str = "linear", temperature: float = 1.0,
@@ -36,9 +42,9 @@ def generate(model: MAR, params: dict, labels: jax.Array | None, rng: jax.Array,
       cfg_schedule: "linear" or "constant". temperature: scales the diffusion noise.
       num_diffusion_steps: respaced reverse-process steps (the reference's "100").
       orders: optional (B, L) generation orders, replacing the ones drawn from rng.
-      noise: optional (num_iter, num_diffusion_steps + 1, B * max_predicted, token_dim) standard
+      noise: optional (num_iter, num_diffusion_steps + 1, B, max_predicted, token_dim) standard
         normal noise replacing the draws: [k, 0] starts step k's reverse process, [k, j] is added
-        at its j-th diffusion step. Rows are (sample, slot) with slot s holding order[after_k + s].
+        at its j-th diffusion step; [k, j, b, s] belongs to the token at order[b, after_k + s].
     Returns:
       (B, latent_size, latent_size, latent_channels) float32 latents (NHWC).
     """
@@ -55,11 +61,11 @@ def generate(model: MAR, params: dict, labels: jax.Array | None, rng: jax.Array,
 
 @functools.lru_cache(maxsize=32)
 def _compiled_sampler(model: MAR, num_iter: int, num_diffusion_steps: int, cfg_schedule: str,
-                      guided: bool, batch_size: int):
+                      guided: bool, batch_size: int, num_segments: int = NUM_SEGMENTS):
     """One jitted sampler per static setting; cfg and temperature are traced (no recompile)."""
     schedule = sampling_schedule(model.seq_len, num_iter)
     gen_diffusion = diffusion.make_diffusion(str(num_diffusion_steps))
-    seq_len, token_dim, slab = model.seq_len, model.token_dim, schedule.max_predicted
+    seq_len, token_dim, max_slab = model.seq_len, model.token_dim, schedule.max_predicted
     schedule.cfg_scales(1.0, cfg_schedule)  # fail on an unknown schedule before tracing
 
     def run(params, labels, rng, cfg, temperature, orders, noise):
@@ -69,8 +75,8 @@ def _compiled_sampler(model: MAR, num_iter: int, num_diffusion_steps: int, cfg_s
         if orders is None:
             orders = sample_orders(orders_key, b, seq_len)
         rank = jnp.argsort(orders, axis=1)
-        # Padding lets a slab of `slab` entries start anywhere in 0..L without clamping.
-        padded_orders = jnp.concatenate([orders, jnp.zeros((b, slab), orders.dtype)], axis=1)
+        # Padding lets a slab of up to `max_slab` entries start anywhere in 0..L without clamping.
+        padded_orders = jnp.concatenate([orders, jnp.zeros((b, max_slab), orders.dtype)], axis=1)
         if labels is None:
             labels, drop = jnp.zeros((b,), jnp.int32), jnp.ones((b,), bool)
         else:
@@ -81,42 +87,49 @@ def _compiled_sampler(model: MAR, num_iter: int, num_diffusion_steps: int, cfg_s
         copies = 2 if guided else 1
         rows = jnp.arange(b)[:, None]
 
-        def outer_step(tokens, xs):
-            k, before, after, scale = xs
-            mask = rank < before
-            z = model.apply(variables, jnp.tile(tokens, (copies, 1, 1)), jnp.tile(mask, (copies, 1)),
-                            labels, drop, schedule.max_known, method=MAR.condition)
-            positions = jax.lax.dynamic_slice_in_dim(padded_orders, after, slab, axis=1)  # (B, slab)
-            z = jnp.take_along_axis(z, jnp.tile(positions, (copies, 1))[:, :, None], axis=1)
-            z = z.reshape(copies * b * slab, -1)
+        def make_outer_step(slab: int, max_known: int):
+            """Step k of a segment whose steps predict <= slab tokens and know <= max_known tokens."""
 
-            def model_fn(x, t):
-                out = model.apply(variables, jnp.tile(x, (copies, 1)), jnp.tile(t, copies), z,
-                                  method=MAR.denoise)
-                if not guided:
-                    return out
-                cond, uncond = jnp.split(out, 2)
-                eps_cond, var_cond = jnp.split(cond, 2, axis=-1)
-                eps_uncond, _ = jnp.split(uncond, 2, axis=-1)
-                return jnp.concatenate([eps_uncond + scale * (eps_cond - eps_uncond), var_cond], axis=-1)
+            def outer_step(tokens, xs):
+                k, before, after, scale = xs
+                mask = rank < before
+                z = model.apply(variables, jnp.tile(tokens, (copies, 1, 1)), jnp.tile(mask, (copies, 1)),
+                                labels, drop, max_known, method=MAR.condition)
+                positions = jax.lax.dynamic_slice_in_dim(padded_orders, after, slab, axis=1)  # (B, slab)
+                z = jnp.take_along_axis(z, jnp.tile(positions, (copies, 1))[:, :, None], axis=1)
+                z = z.reshape(copies * b * slab, -1)
 
-            step_key = jax.random.fold_in(steps_key, k)
+                def model_fn(x, t):
+                    out = model.apply(variables, jnp.tile(x, (copies, 1)), t, z, method=MAR.denoise)
+                    if not guided:
+                        return out
+                    cond, uncond = jnp.split(out, 2)
+                    eps_cond, var_cond = jnp.split(cond, 2, axis=-1)
+                    eps_uncond, _ = jnp.split(uncond, 2, axis=-1)
+                    return jnp.concatenate([eps_uncond + scale * (eps_cond - eps_uncond), var_cond], axis=-1)
 
-            def draw(j):  # j = 0: the starting noise; j >= 1: the noise of diffusion step j
-                if noise is not None:
-                    return noise[k, j]
-                return jax.random.normal(jax.random.fold_in(step_key, j), (b * slab, token_dim))
+                step_key = jax.random.fold_in(steps_key, k)
 
-            sampled = diffusion.p_sample_loop(gen_diffusion, model_fn, draw(0), lambda j: draw(j + 1),
-                                              temperature)
-            valid = jnp.arange(slab)[None, :] < (before - after)
-            target = jnp.where(valid, positions, seq_len)  # out of range: dropped by the scatter
-            tokens = tokens.at[rows, target].set(sampled.reshape(b, slab, token_dim), mode="drop")
-            return tokens, None
+                def draw(j):  # j = 0: the starting noise; j >= 1: the noise of diffusion step j
+                    if noise is not None:
+                        return noise[k, j, :, :slab].reshape(b * slab, token_dim)
+                    return jax.random.normal(jax.random.fold_in(step_key, j), (b * slab, token_dim))
+
+                sampled = diffusion.p_sample_loop(gen_diffusion, model_fn, draw(0), lambda j: draw(j + 1),
+                                                  temperature)
+                valid = jnp.arange(slab)[None, :] < (before - after)
+                target = jnp.where(valid, positions, seq_len)  # out of range: dropped by the scatter
+                tokens = tokens.at[rows, target].set(sampled.reshape(b, slab, token_dim), mode="drop")
+                return tokens, None
+
+            return outer_step
 
         xs = (jnp.arange(num_iter), jnp.asarray(schedule.masked_before), jnp.asarray(schedule.masked_after),
               schedule.cfg_scales(cfg, cfg_schedule))
-        tokens, _ = jax.lax.scan(outer_step, jnp.zeros((b, seq_len, token_dim), jnp.float32), xs)
+        tokens = jnp.zeros((b, seq_len, token_dim), jnp.float32)
+        for start, stop, slab, max_known in schedule.segments(num_segments):
+            tokens, _ = jax.lax.scan(make_outer_step(slab, max_known), tokens,
+                                     jax.tree.map(lambda a: a[start:stop], xs))
         return unpatchify(tokens, model.patch_size, model.grid)
 
     return jax.jit(run)

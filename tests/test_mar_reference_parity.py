@@ -104,10 +104,10 @@ def test_diffloss_reverse_process(ref, params):
 
 def reference_noise_in_slab_layout(ref, prefix, orders, num_iter=4, steps=10):
     """Rearranges the reference's noise draws (rows in mask_to_pred.nonzero() order, cond half first)
-    into the sampler's layout (num_iter, steps + 1, B * slab, C), slot s of sample b = order[after + s]."""
+    into the sampler's layout (num_iter, steps + 1, B, slab, C), slot s of sample b = order[after + s]."""
     schedule = sampling_schedule(16, num_iter)
     b, slab = orders.shape[0], schedule.max_predicted
-    noise = np.zeros((num_iter, steps + 1, b * slab, 16), np.float32)
+    noise = np.zeros((num_iter, steps + 1, b, slab, 16), np.float32)
     for k in range(num_iter):
         pred = ref[f"{prefix}mask_to_pred"][k]
         row_of = {(int(i), int(p)): r for r, (i, p) in enumerate(zip(*np.nonzero(pred)))}
@@ -116,7 +116,7 @@ def reference_noise_in_slab_layout(ref, prefix, orders, num_iter=4, steps=10):
             draw = ref[f"{prefix}noise_{k * (steps + 1) + j}"]
             for i in range(b):
                 for s in range(schedule.num_predicted[k]):
-                    noise[k, j, i * slab + s] = draw[row_of[(i, int(orders[i, schedule.masked_after[k] + s]))]]
+                    noise[k, j, i, s] = draw[row_of[(i, int(orders[i, schedule.masked_after[k] + s]))]]
     return jnp.asarray(noise)
 
 

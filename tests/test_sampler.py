@@ -58,7 +58,23 @@ def test_diffloss_runs_on_the_predicted_slab_only_and_compiles_once(tiny_model, 
     for cfg, temperature in [(2.0, 1.0), (3.5, 0.9), (1.7, 1.1)]:
         sampler.generate(tiny_model, tiny_params, labels, jax.random.key(0), cfg=cfg, temperature=temperature,
                          **SETTINGS)
-    slab = sampling_schedule(tiny_model.seq_len, 4).max_predicted
-    assert slab < tiny_model.seq_len
-    assert rows == [2 * 3 * slab]  # traced once: cfg and temperature changes do not recompile
+    segments = sampling_schedule(tiny_model.seq_len, 4).segments(sampler.NUM_SEGMENTS)
+    assert max(slab for _, _, slab, _ in segments) < tiny_model.seq_len
+    # Traced once per segment: cfg and temperature changes do not recompile.
+    assert rows == [2 * 3 * slab for _, _, slab, _ in segments]
     sampler._compiled_sampler.cache_clear()
+
+
+def test_segments_fit_their_steps_and_change_nothing(tiny_model, tiny_params):
+    schedule = sampling_schedule(64, 16)
+    segments = schedule.segments(4)
+    assert [(a, b) for a, b, _, _ in segments] == [(0, 4), (4, 8), (8, 12), (12, 16)]
+    assert segments[0][3] < segments[-1][3] and segments[0][2] < segments[-1][2]
+    assert max(s for _, _, s, _ in segments) == schedule.max_predicted
+    # Given the same noise, one scan and four segments sample the same tokens.
+    labels = jnp.array([3, 4])
+    slab = sampling_schedule(tiny_model.seq_len, 4).max_predicted
+    noise = jax.random.normal(jax.random.key(9), (4, 6, 2, slab, tiny_model.token_dim))
+    outs = [sampler._compiled_sampler(tiny_model, 4, 5, "linear", True, 2, n)(
+        tiny_params, labels, jax.random.key(0), jnp.float32(2.0), jnp.float32(1.0), None, noise) for n in (1, 4)]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-3, atol=1e-3)

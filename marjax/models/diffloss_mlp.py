@@ -74,7 +74,8 @@ class FinalLayer(nn.Module):
 
 
 class SimpleMLPAdaLN(nn.Module):
-    """The denoiser. Call with x (N, C), original timesteps t (N,), condition c (N, Dz) -> (N, 2C)."""
+    """The denoiser. Call with x (N, C), original timesteps t (N,) (or (1,) shared by all rows),
+    condition c (N, Dz) -> (N, 2C)."""
 
     token_dim: int
     width: int
