@@ -139,8 +139,8 @@ def q_posterior(d: Diffusion, x_start: jax.Array, x_t: jax.Array,
     return mean, _take(d.posterior_log_variance_clipped, t)
 
 
-def p_mean_variance(d: Diffusion, model_output: jax.Array, x_t: jax.Array,
-                    t: jax.Array) -> tuple[jax.Array, jax.Array]:
+def p_mean_variance(d: Diffusion, model_output: jax.Array, x_t: jax.Array, t: jax.Array,
+                    clip_denoised: bool = False) -> tuple[jax.Array, jax.Array]:
     """Mean and log variance of p(x_{t-1} | x_t) from the network output.
 
     Args:
@@ -148,12 +148,15 @@ def p_mean_variance(d: Diffusion, model_output: jax.Array, x_t: jax.Array,
       x_t: (N, C). t: (N,) indices into this process.
     Returns:
       mean (N, C) and log variance (N, C); log_var = frac*log(beta) + (1-frac)*posterior_log_var_clipped,
-      frac = (v+1)/2. No clipping of the x_0 prediction (clip_denoised=False).
+      frac = (v+1)/2. The x_0 prediction is clipped to [-1, 1] only with `clip_denoised`
+      (the reference samples latents unclipped; pixels have a known range).
     """
     eps, var_values = jnp.split(model_output, 2, axis=-1)
     frac = (var_values + 1) / 2
     log_variance = frac * _take(d.log_betas, t) + (1 - frac) * _take(d.posterior_log_variance_clipped, t)
     pred_x_start = _take(d.sqrt_recip_alphas_cumprod, t) * x_t - _take(d.sqrt_recipm1_alphas_cumprod, t) * eps
+    if clip_denoised:
+        pred_x_start = jnp.clip(pred_x_start, -1.0, 1.0)
     mean, _ = q_posterior(d, pred_x_start, x_t, t)
     return mean, log_variance
 
@@ -208,7 +211,7 @@ def training_losses(d: Diffusion, model_output: jax.Array, x_start: jax.Array, x
 
 def p_sample_loop(d: Diffusion, model_fn: Callable[[jax.Array, jax.Array], jax.Array],
                   x_T: jax.Array, noise_fn: Callable[[jax.Array], jax.Array],
-                  temperature: float | jax.Array = 1.0) -> jax.Array:
+                  temperature: float | jax.Array = 1.0, clip_denoised: bool = False) -> jax.Array:
     """Ancestral sampling from x_T down to x_0 through every step of `d`, as one `lax.scan`.
 
     Args:
@@ -216,6 +219,7 @@ def p_sample_loop(d: Diffusion, model_fn: Callable[[jax.Array, jax.Array], jax.A
       x_T: (N, C) starting noise.
       noise_fn: step number j (0 for the first step, at index T-1) -> (N, C) standard normal noise.
       temperature: scales the injected noise only; the last step (index 0) adds no noise.
+      clip_denoised: clip each step's x_0 prediction to [-1, 1] (see `p_mean_variance`).
     Returns:
       x_0, (N, C).
     """
@@ -225,7 +229,7 @@ def p_sample_loop(d: Diffusion, model_fn: Callable[[jax.Array, jax.Array], jax.A
         index = d.num_timesteps - 1 - j
         t = jnp.full((1,), index, jnp.int32)  # shared by all rows: one time embedding, broadcast
         model_output = model_fn(x, timestep_map[t]).astype(jnp.float32)
-        mean, log_variance = p_mean_variance(d, model_output, x, t)
+        mean, log_variance = p_mean_variance(d, model_output, x, t, clip_denoised)
         nonzero = (index != 0).astype(x.dtype)
         x = mean + nonzero * jnp.exp(0.5 * log_variance) * noise_fn(j) * temperature
         return x, None

@@ -31,7 +31,7 @@ NUM_SEGMENTS = 4
 
 def generate(model: MAR, params: dict, labels: jax.Array | None, rng: jax.Array, *, num_iter: int = 64,
              cfg: float = 1.0, cfg_schedule: str = "linear", temperature: float = 1.0,
-             num_diffusion_steps: int = 100, batch_size: int | None = None,
+             num_diffusion_steps: int = 100, batch_size: int | None = None, clip_denoised: bool = False,
              orders: jax.Array | None = None, noise: jax.Array | None = None) -> jax.Array:
     """Samples latents with MAR.
 
@@ -41,6 +41,8 @@ def generate(model: MAR, params: dict, labels: jax.Array | None, rng: jax.Array,
       rng: PRNG key. num_iter: outer steps. cfg: guidance scale (1.0 = none).
       cfg_schedule: "linear" or "constant". temperature: scales the diffusion noise.
       num_diffusion_steps: respaced reverse-process steps (the reference's "100").
+      clip_denoised: clip the diffusion's x_0 predictions to [-1, 1] (pixel-space models; the
+        reference samples latents unclipped).
       orders: optional (B, L) generation orders, replacing the ones drawn from rng.
       noise: optional (num_iter, num_diffusion_steps + 1, B, max_predicted, token_dim) standard
         normal noise replacing the draws: [k, 0] starts step k's reverse process, [k, j] is added
@@ -55,13 +57,14 @@ def generate(model: MAR, params: dict, labels: jax.Array | None, rng: jax.Array,
         if labels.ndim != 1:
             raise ValueError(f"labels must be (B,), got shape {labels.shape}")
         batch_size = labels.shape[0]
-    fn = _compiled_sampler(model, num_iter, num_diffusion_steps, cfg_schedule, cfg != 1.0, batch_size)
+    fn = _compiled_sampler(model, num_iter, num_diffusion_steps, cfg_schedule, cfg != 1.0, batch_size,
+                           clip_denoised)
     return fn(params, labels, rng, jnp.float32(cfg), jnp.float32(temperature), orders, noise)
 
 
 @functools.lru_cache(maxsize=32)
 def _compiled_sampler(model: MAR, num_iter: int, num_diffusion_steps: int, cfg_schedule: str,
-                      guided: bool, batch_size: int, num_segments: int = NUM_SEGMENTS):
+                      guided: bool, batch_size: int, clip_denoised: bool, num_segments: int = NUM_SEGMENTS):
     """One jitted sampler per static setting; cfg and temperature are traced (no recompile)."""
     schedule = sampling_schedule(model.seq_len, num_iter)
     gen_diffusion = diffusion.make_diffusion(str(num_diffusion_steps))
@@ -116,7 +119,7 @@ def _compiled_sampler(model: MAR, num_iter: int, num_diffusion_steps: int, cfg_s
                     return jax.random.normal(jax.random.fold_in(step_key, j), (b * slab, token_dim))
 
                 sampled = diffusion.p_sample_loop(gen_diffusion, model_fn, draw(0), lambda j: draw(j + 1),
-                                                  temperature)
+                                                  temperature, clip_denoised)
                 valid = jnp.arange(slab)[None, :] < (before - after)
                 target = jnp.where(valid, positions, seq_len)  # out of range: dropped by the scatter
                 tokens = tokens.at[rows, target].set(sampled.reshape(b, slab, token_dim), mode="drop")

@@ -116,3 +116,18 @@ def test_reverse_process_with_an_oracle_recovers_the_data_point():
     x = diffusion.p_sample_loop(d, oracle, jax.random.normal(key, x0.shape),
                                 lambda j: jax.random.normal(jax.random.fold_in(key, j), x0.shape), 1.0)
     np.testing.assert_allclose(x, x0, atol=1e-4)
+
+
+def test_clip_denoised_clips_the_x0_prediction_only_when_asked():
+    d = diffusion.make_diffusion()
+    x0, noise = _rows()
+    t = jnp.array([1, 5, 100, 500, 998, 999])
+    x_t = diffusion.q_sample(d, 3.0 * x0, t, noise)  # an x_0 far outside [-1, 1]
+    out = jnp.concatenate([noise, -jnp.ones_like(noise)], axis=-1)
+    unclipped, _ = diffusion.p_mean_variance(d, out, x_t, t)
+    clipped, _ = diffusion.p_mean_variance(d, out, x_t, t, clip_denoised=True)
+    want_unclipped, _ = diffusion.q_posterior(d, 3.0 * x0, x_t, t)
+    want_clipped, _ = diffusion.q_posterior(d, jnp.clip(3.0 * x0, -1, 1), x_t, t)
+    np.testing.assert_allclose(unclipped, want_unclipped, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(clipped, want_clipped, rtol=1e-3, atol=1e-3)
+    assert np.abs(np.asarray(clipped - unclipped)).max() > 0.1

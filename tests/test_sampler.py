@@ -26,7 +26,7 @@ def test_guidance_at_scale_one_equals_the_unguided_path(tiny_model, tiny_params)
     """With s = 1 the guided path must reduce to the cond half: eps and variance from cond."""
     labels = jnp.array([4, 5])
     plain = sampler.generate(tiny_model, tiny_params, labels, jax.random.key(2), cfg=1.0, **SETTINGS)
-    guided_fn = sampler._compiled_sampler(tiny_model, 4, 5, "linear", True, 2)
+    guided_fn = sampler._compiled_sampler(tiny_model, 4, 5, "linear", True, 2, False)
     guided = guided_fn(tiny_params, labels, jax.random.key(2), jnp.float32(1.0), jnp.float32(1.0), None, None)
     # An untrained denoiser makes the chain explode (values ~1e4), amplifying float32 noise from
     # the different batch shapes; any wrong combination is off by far more than 1e-3.
@@ -75,6 +75,6 @@ def test_segments_fit_their_steps_and_change_nothing(tiny_model, tiny_params):
     labels = jnp.array([3, 4])
     slab = sampling_schedule(tiny_model.seq_len, 4).max_predicted
     noise = jax.random.normal(jax.random.key(9), (4, 6, 2, slab, tiny_model.token_dim))
-    outs = [sampler._compiled_sampler(tiny_model, 4, 5, "linear", True, 2, n)(
+    outs = [sampler._compiled_sampler(tiny_model, 4, 5, "linear", True, 2, False, n)(
         tiny_params, labels, jax.random.key(0), jnp.float32(2.0), jnp.float32(1.0), None, noise) for n in (1, 4)]
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-3, atol=1e-3)
