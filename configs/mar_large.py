@@ -1,0 +1,13 @@
+"""MAR-L (478.33M params) on ImageNet 256, the published recipe (FID 1.78 with CFG 3.0).
+
+  python -m marjax.main --config=configs/mar_large.py --workdir=/path/to/workdir \
+      --config.data.tfds_data_dir=/path/to/tensorflow_datasets
+
+From an image folder instead of TFDS: --config.data.source=image_folder --config.data.path=/imagenet/train
+"""
+from marjax.config_base import imagenet_mar_config
+
+
+def get_config(arg: str | None = None):
+    del arg
+    return imagenet_mar_config("mar_large", cfg=3.0)

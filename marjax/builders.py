@@ -1,0 +1,64 @@
+"""Objects a run builds from its config: the model, the step counts and the optimizer."""
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from marjax.models.mar import MAR
+from marjax.sharding import state_shardings
+from marjax.tokenizers import tokenizer_spec
+from marjax.train_step import TrainState, create_train_state, learning_rate_schedule, make_optimizer
+
+
+def model_from_config(config: ml_collections.ConfigDict) -> MAR:
+    """The MAR module of `config.model`, its token grid derived from the image size and tokenizer."""
+    spec = tokenizer_spec(config.tokenizer.name, config.data.channels)
+    fields = dict(config.model)
+    fields["dtype"] = jnp.dtype(fields["dtype"])
+    return MAR(latent_size=config.data.image_size // spec.stride, latent_channels=spec.channels,
+               num_classes=config.data.num_classes, **fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """How long a run trains: steps per epoch of the dataset, total and warmup steps, peak lr."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+
+
+def step_plan(config: ml_collections.ConfigDict, num_records: int) -> StepPlan:
+    """Epochs -> steps for a dataset of `num_records`; lr = base_lr * global_batch / 256 (reference)."""
+    batch = config.train.global_batch_size
+    steps_per_epoch = max(num_records // batch, 1)
+    total = config.train.num_steps
+    if total is None:
+        total = round(config.train.num_epochs * steps_per_epoch)
+    return StepPlan(steps_per_epoch=steps_per_epoch, total_steps=int(total),
+                    warmup_steps=round(config.train.warmup_epochs * steps_per_epoch),
+                    peak_lr=config.train.base_lr * batch / 256)
+
+
+def optimizer_from_config(config: ml_collections.ConfigDict,
+                          plan: StepPlan) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with the reference decay mask and clipping, and its learning-rate schedule."""
+    t = config.train
+    schedule = learning_rate_schedule(plan.peak_lr, plan.warmup_steps, t.lr_schedule,
+                                      plan.total_steps, t.min_lr)
+    return make_optimizer(schedule, t.weight_decay, t.b1, t.b2, t.grad_clip or None), schedule
+
+
+def state_layout(model: MAR, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                 fsdp_min_size: int) -> tuple[TrainState, Any]:
+    """(abstract state, shardings): the train state's shapes and dtypes (nothing allocated) with
+    each leaf's NamedSharding attached, and the shardings alone (for `jax.jit`)."""
+    shapes = jax.eval_shape(functools.partial(create_train_state, model, tx), jax.random.key(0))
+    shardings = state_shardings(shapes, mesh, fsdp_min_size)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+    return abstract, shardings

@@ -1,0 +1,112 @@
+"""Every field a marjax run reads, with its default; each `configs/*.py` starts from here.
+
+One shared key set means a misspelt override fails the same way for every config (see
+`marjax.config_checks`), and two runs' configs can be compared field by field. Sizes of the
+model's token grid are not fields: they follow from `data.image_size`, the tokenizer's stride
+and `model.patch_size`.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+# ImageNet-1k train split, for epoch <-> step conversions in the published recipe.
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The defaults: a MAR-L-sized transformer on ImageNet-256 KL-16 latents, reference recipe."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "tfds"            # "tfds" | "image_folder" | "digits"
+    c.data.tfds_name = "imagenet2012"
+    c.data.tfds_data_dir = config_dict.placeholder(str)  # None: TFDS's default (~/tensorflow_datasets)
+    c.data.split = "train"
+    c.data.path = ""                  # image_folder: a directory of class subfolders
+    c.data.image_size = 256
+    c.data.channels = 3
+    c.data.num_classes = 1000
+    c.data.random_flip = True
+    c.data.worker_count = 0           # grain worker processes (0: decode in the main process)
+    c.data.prefetch_buffer_size = 2
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.name = "kl16"         # "pixels" (pixel-patch tokens) | "kl16"
+    c.tokenizer.checkpoint = ""       # weights file of a learned tokenizer
+    c.tokenizer.scale = 0.2325        # latents are multiplied by this before the model sees them
+
+    c.model = ml_collections.ConfigDict()
+    c.model.patch_size = 1
+    c.model.encoder_width = 1024
+    c.model.encoder_depth = 16
+    c.model.encoder_heads = 16
+    c.model.decoder_width = 1024
+    c.model.decoder_depth = 16
+    c.model.decoder_heads = 16
+    c.model.mlp_ratio = 4.0
+    c.model.buffer_size = 64
+    c.model.attn_dropout = 0.1
+    c.model.proj_dropout = 0.1
+    c.model.diffloss_depth = 3
+    c.model.diffloss_width = 1024
+    c.model.dtype = "float32"         # compute dtype: "float32" | "bfloat16" (params stay fp32)
+    c.model.attention_impl = config_dict.placeholder(str)  # None: XLA; "cudnn" on GPUs
+
+    c.train = ml_collections.ConfigDict()
+    c.train.global_batch_size = 2048
+    c.train.num_epochs = 400.0
+    c.train.num_steps = config_dict.placeholder(int)  # set: overrides num_epochs
+    c.train.warmup_epochs = 100.0
+    c.train.base_lr = 1e-4            # lr = base_lr * global_batch_size / 256, as the reference
+    c.train.lr_schedule = "constant"  # "constant" | "cosine"
+    c.train.min_lr = 0.0
+    c.train.weight_decay = 0.02
+    c.train.b1 = 0.9
+    c.train.b2 = 0.95
+    c.train.grad_clip = 3.0
+    c.train.ema_rate = 0.9999
+    c.train.mask_ratio_min = 0.7
+    c.train.label_drop_prob = 0.1
+    c.train.diffusion_batch_mul = 4
+    c.train.log_every_steps = 100
+    c.train.checkpoint_every_steps = 5000
+    c.train.keep_checkpoints = 3
+    c.train.sample_every_steps = 20000  # 0: no sample grids during training
+    c.train.num_grid_samples = 16
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.num_images = 64
+    c.sample.classes = ""             # "" : balanced over all classes; else e.g. "207,360,387"
+    c.sample.batch_size = 64
+    c.sample.num_iter = 64
+    c.sample.cfg = 1.0
+    c.sample.cfg_schedule = "linear"  # "linear" | "constant"
+    c.sample.temperature = 1.0
+    c.sample.num_diffusion_steps = 100
+    c.sample.clip_denoised = False    # clip x_0 predictions to [-1, 1]: pixel models (not the reference's latents)
+    c.sample.use_ema = True
+    c.sample.seed = 0
+    c.sample.step = config_dict.placeholder(int)  # None: the latest checkpoint
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1                  # -1: all devices not used by the other axes
+    c.mesh.fsdp = 1
+    c.mesh.fsdp_min_size = 2**20      # params with fewer elements stay replicated
+    return c
+
+
+def imagenet_mar_config(preset: str, cfg: float) -> ml_collections.ConfigDict:
+    """The published ImageNet-256 recipe for one MAR size (`marjax.models.mar.PRESETS`).
+
+    KL-16 latents (16x16x16, scale 0.2325), batch 2048 at lr 1e-4 * 2048/256, 100 warmup epochs
+    then constant, 800 epochs, EMA 0.9999; sampling with 256 steps and linear CFG `cfg`.
+    """
+    from marjax.models.mar import PRESETS  # a plain dict of sizes; keeps config loading light
+
+    c = base_config()
+    for key, value in PRESETS[preset].items():
+        c.model[key] = value
+    c.train.num_epochs = 800.0
+    c.sample.num_iter = 256
+    c.sample.cfg = cfg
+    return c

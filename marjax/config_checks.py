@@ -1,0 +1,106 @@
+"""Checks on a run's config, run before anything loads or compiles.
+
+`check_overrides` catches a misspelt `--config.a.b=value` (ml-collections would fail with a
+bare AttributeError); `validate` catches values that cannot work together.
+"""
+import difflib
+import importlib.util
+from collections.abc import Sequence
+
+import ml_collections
+
+from marjax.tokenizers import check_available, tokenizer_spec
+
+CHOICES = {
+    "data.source": ("tfds", "image_folder", "digits"),
+    "model.dtype": ("float32", "bfloat16"),
+    "train.lr_schedule": ("constant", "cosine"),
+    "sample.cfg_schedule": ("linear", "constant"),
+}
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message says which field and what would work."""
+
+
+def config_items(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, object]]:
+    """Every leaf field as (dotted path, value): [("train.base_lr", 1e-4), ...]."""
+    items = []
+    for name, value in config.items():
+        path = f"{prefix}{name}"
+        if isinstance(value, ml_collections.ConfigDict):
+            items += config_items(value, path + ".")
+        else:
+            items.append((path, value))
+    return items
+
+
+def config_keys(config: ml_collections.ConfigDict) -> list[str]:
+    """Every leaf field as a dotted path ("train.base_lr", ...)."""
+    return [key for key, _ in config_items(config)]
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path/to/config.py[:arg]` the way `--config=` does: `get_config(arg)`."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("marjax_run_config", path)
+    if module_spec is None:
+        raise ConfigError(f"--config={spec}: {path} is not a Python config file")
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except FileNotFoundError as e:
+        raise ConfigError(f"--config={spec}: no such file {path}") from e
+    return module.get_config(arg or None)
+
+
+def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str]) -> None:
+    """Raises ConfigError naming every `--config.<key>=` in argv whose key the config lacks."""
+    valid = config_keys(config)
+    unknown = []
+    for arg in argv:
+        if arg.startswith("--config."):
+            key = arg[len("--config."):].partition("=")[0]
+            if key not in valid:
+                unknown.append(key)
+    if unknown:
+        lines = [f"unknown config key {key!r}" + _suggestion(key, valid) for key in unknown]
+        raise ConfigError("\n".join(lines) + "\nvalid keys:\n  " + "\n  ".join(valid))
+
+
+def _suggestion(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for values that cannot run together (choices, sizes, intervals)."""
+    for key, choices in CHOICES.items():
+        section, field = key.split(".")
+        if config[section][field] not in choices:
+            raise ConfigError(f"{key}={config[section][field]!r}; choose one of {list(choices)}")
+    try:
+        spec = tokenizer_spec(config.tokenizer.name, config.data.channels)
+        check_available(config.tokenizer.name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    unit = spec.stride * config.model.patch_size
+    if config.data.image_size % unit:
+        raise ConfigError(
+            f"data.image_size={config.data.image_size} is not divisible by the tokenizer stride "
+            f"({config.tokenizer.name}: {spec.stride}) x model.patch_size ({config.model.patch_size}) = {unit}")
+    for width, heads in (("encoder_width", "encoder_heads"), ("decoder_width", "decoder_heads")):
+        if config.model[width] % config.model[heads]:
+            raise ConfigError(f"model.{width}={config.model[width]} is not divisible by "
+                              f"model.{heads}={config.model[heads]}")
+    for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "global_batch_size"):
+        if config.train[key] < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {config.train[key]}")
+    if config.sample.num_images < 1 or config.sample.batch_size < 1:
+        raise ConfigError("sample.num_images and sample.batch_size must be >= 1")
+    from marjax.sample import sample_labels
+
+    try:
+        sample_labels(1, config.data.num_classes, config.sample.classes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e

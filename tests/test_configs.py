@@ -1,0 +1,73 @@
+"""The config files, override checking and validation."""
+import os
+
+import ml_collections
+import pytest
+
+from marjax import config_checks
+from marjax.builders import model_from_config, step_plan
+from marjax.config_base import IMAGENET_TRAIN_IMAGES, base_config
+from marjax.models.mar import PRESETS, count_params
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def load(name: str) -> ml_collections.ConfigDict:
+    return config_checks.load_config_file(os.path.join(CONFIGS, name))
+
+
+@pytest.mark.parametrize("name", ["digits.py", "mar_base.py", "mar_large.py", "mar_huge.py"])
+def test_every_config_has_the_base_keys(name):
+    assert config_checks.config_keys(load(name)) == config_checks.config_keys(base_config())
+
+
+@pytest.mark.parametrize("name, preset, cfg, params", [
+    ("mar_base.py", "mar_base", 2.9, 207_924_768), ("mar_large.py", "mar_large", 3.0, 478_326_304),
+    ("mar_huge.py", "mar_huge", 3.2, 942_403_104)])
+def test_imagenet_configs_follow_the_published_recipe(name, preset, cfg, params):
+    config = load(name)
+    assert {k: config.model[k] for k in PRESETS[preset]} == PRESETS[preset]
+    assert count_params(model_from_config(config)) == params
+    plan = step_plan(config, IMAGENET_TRAIN_IMAGES)
+    assert plan.peak_lr == pytest.approx(8e-4)
+    assert plan.steps_per_epoch == 625 and plan.warmup_steps == 62_500 and plan.total_steps == 500_000
+    t = config.train
+    assert (t.b1, t.b2, t.weight_decay, t.grad_clip, t.ema_rate) == (0.9, 0.95, 0.02, 3.0, 0.9999)
+    assert (t.label_drop_prob, t.diffusion_batch_mul, t.mask_ratio_min, t.lr_schedule) == (0.1, 4, 0.7, "constant")
+    assert (config.model.attn_dropout, config.model.proj_dropout) == (0.1, 0.1)
+    assert (config.sample.num_iter, config.sample.cfg, config.sample.cfg_schedule) == (256, cfg, "linear")
+    assert (config.tokenizer.name, config.tokenizer.scale, config.data.image_size) == ("kl16", 0.2325, 256)
+
+
+def test_digits_config_validates_and_derives_the_token_grid():
+    config = load("digits.py")
+    config_checks.validate(config)
+    model = model_from_config(config)
+    assert (model.seq_len, model.token_dim, model.num_classes) == (16, 4, 10)
+
+
+def test_unknown_override_lists_valid_keys_with_a_suggestion():
+    with pytest.raises(config_checks.ConfigError) as info:
+        config_checks.check_overrides(base_config(), ["--workdir=x", "--config.train.base_lr=1",
+                                                      "--config.model.widht=3"])
+    message = str(info.value)
+    assert "unknown config key 'model.widht'" in message and "did you mean" in message
+    assert "train.base_lr" in message.split("valid keys:")[1]
+    assert "'train.base_lr'" not in message.split("valid keys:")[0]
+
+
+@pytest.mark.parametrize("override, message", [
+    (("data", "image_size", 9), "not divisible by the tokenizer stride"),
+    (("model", "dtype", "float16"), "model.dtype"),
+    (("data", "source", "webdataset"), "data.source"),
+    (("sample", "classes", "3,12"), "class ids in \\[0, 10\\)"),
+    (("model", "encoder_heads", 3), "encoder_width=128 is not divisible"),
+    (("tokenizer", "name", "kl16"), "KL-16 VAE is not part of this marjax version"),
+    (("train", "log_every_steps", 0), "train.log_every_steps"),
+])
+def test_validate_rejects(override, message):
+    config = load("digits.py")
+    section, field, value = override
+    config[section][field] = value
+    with pytest.raises(config_checks.ConfigError, match=message):
+        config_checks.validate(config)
