@@ -1,0 +1,143 @@
+"""Random-access image sources: record i -> {"image": (H, W, C) uint8, "label": int32}.
+
+Each source fails at construction, before anything compiles, with a message saying what the
+user has to provide. Nothing is downloaded.
+"""
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from marjax.data.image_ops import center_crop
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DataError(ValueError):
+    """Training data that is missing or unusable; the message says what to provide."""
+
+
+class DigitsSource:
+    """scikit-learn's 1,797 8x8 handwritten digits (shipped inside the package), 10 classes.
+
+    Pixel values 0..16 are mapped to 0..255 (v * 255 / 16, rounded); one channel.
+    """
+
+    def __init__(self, image_size: int = 8):
+        from sklearn.datasets import load_digits
+
+        if image_size % 8:
+            raise DataError(f"digits are 8x8; data.image_size must be a multiple of 8, got {image_size}")
+        digits = load_digits()
+        images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+        factor = image_size // 8
+        images = images.repeat(factor, axis=1).repeat(factor, axis=2)
+        self.images = images[..., None]
+        self.labels = digits.target.astype(np.int32)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.images[index], "label": self.labels[index]}
+
+
+class ImageFolderSource:
+    """A directory of class subfolders (`root/<class>/<image>`), any image size and format.
+
+    Classes are the sorted subfolder names (label = their index), files sorted within a class,
+    as torchvision's ImageFolder. Images are converted to RGB (or L for 1 channel) and
+    ADM-center-cropped to `image_size`.
+    """
+
+    def __init__(self, root: str, image_size: int, channels: int = 3, num_classes: int | None = None):
+        if not root:
+            raise DataError("data.source='image_folder' needs data.path, a directory of class subfolders")
+        if not os.path.isdir(root):
+            raise DataError(f"data.path={root!r}: no such directory (expected class subfolders of images)")
+        classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        if not classes:
+            raise DataError(f"data.path={root!r} has no class subfolders (expected {root}/<class>/<image>)")
+        if num_classes is not None and len(classes) > num_classes:
+            raise DataError(f"data.path={root!r} has {len(classes)} class folders but data.num_classes="
+                            f"{num_classes}")
+        self.classes = classes
+        self.files: list[str] = []
+        labels = []
+        for label, name in enumerate(classes):
+            for dirpath, _, filenames in sorted(os.walk(os.path.join(root, name), followlinks=True)):
+                for filename in sorted(filenames):
+                    if filename.lower().endswith(IMAGE_EXTENSIONS):
+                        self.files.append(os.path.join(dirpath, filename))
+                        labels.append(label)
+        if not self.files:
+            raise DataError(f"data.path={root!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
+                            f"under its class folders")
+        self.labels = np.asarray(labels, np.int32)
+        self.image_size = image_size
+        self.mode = {1: "L", 3: "RGB"}[channels]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        with Image.open(self.files[index]) as image:
+            array = center_crop(image.convert(self.mode), self.image_size)
+        return {"image": array, "label": self.labels[index]}
+
+
+class TfdsSource:
+    """A TFDS dataset prepared by the user in ArrayRecord format, read through `tfds.data_source`.
+
+    Its "image" feature is ADM-center-cropped to `image_size`; "label" is the class.
+    """
+
+    def __init__(self, name: str, split: str, image_size: int, data_dir: str | None = None):
+        import tensorflow_datasets as tfds
+
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError as e:
+            raise DataError(f"data.tfds_name={name!r} is not a TFDS dataset") from e
+        if not builder.is_prepared():
+            raise DataError(
+                f"TFDS dataset {name!r} is not prepared in {builder.data_dir}. Prepare it once with\n"
+                f"  tfds build {name} --file_format=array_record"
+                + (f" --data_dir={data_dir}" if data_dir else "")
+                + f"\n(for imagenet2012, first place the ILSVRC2012 train/val tar files in "
+                  f"{os.path.join(data_dir or '~/tensorflow_datasets', 'downloads', 'manual')}), "
+                  f"or point data.tfds_data_dir at the directory holding it.")
+        if "array_record" not in str(builder.info.file_format):
+            raise DataError(f"TFDS dataset {name!r} in {builder.data_dir} is stored as "
+                            f"{builder.info.file_format}; random access needs ArrayRecord: rebuild with "
+                            f"`tfds build {name} --file_format=array_record`")
+        self.source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.source[index]
+        image = Image.fromarray(np.asarray(record["image"]).squeeze())
+        return {"image": center_crop(image.convert("RGB"), self.image_size),
+                "label": np.int32(record["label"])}
+
+
+def make_source(data_config) -> Sequence[dict]:
+    """The source named by `config.data.source` ("digits", "image_folder", "tfds")."""
+    kind = data_config.source
+    if kind == "digits":
+        if data_config.channels != 1 or data_config.num_classes != 10:
+            raise DataError("digits have 1 channel and 10 classes: set data.channels=1, data.num_classes=10")
+        return DigitsSource(data_config.image_size)
+    if kind == "image_folder":
+        return ImageFolderSource(data_config.path, data_config.image_size, data_config.channels,
+                                 data_config.num_classes)
+    if kind == "tfds":
+        if data_config.channels != 3:
+            raise DataError("TFDS image sources are read as RGB: set data.channels=3")
+        return TfdsSource(data_config.tfds_name, data_config.split, data_config.image_size,
+                          data_config.tfds_data_dir)
+    raise DataError(f"unknown data.source {kind!r}; choose 'digits', 'image_folder' or 'tfds'")
