@@ -1,0 +1,70 @@
+"""Command line: train or sample.
+
+  python -m marjax.main --config=configs/digits.py --workdir=/tmp/digits
+  python -m marjax.main --config=configs/digits.py --workdir=/tmp/digits --mode=sample \
+      --config.sample.num_images=100 --config.sample.cfg=2.0
+
+Any config field can be overridden with --config.<section>.<field>=value; a key the config
+does not have fails with the list of valid keys before anything is loaded.
+"""
+import logging as std_logging
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from marjax import config_checks
+
+CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py.", lock_config=True)
+WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "Train (and resume), or sample from a workdir.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, after checking every --config.<key> against the config file."""
+    specs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+    if specs:
+        try:
+            config_checks.check_overrides(config_checks.load_config_file(specs[-1]), argv[1:])
+        except config_checks.ConfigError as e:
+            sys.exit(f"error: {e}")
+    return flags.FLAGS(argv)
+
+
+class _QuietLibraries(std_logging.Filter):
+    """Drops the INFO chatter of libraries that log every save phase (orbax); warnings pass."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv: list[str]) -> None:
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf  # clu's writers import it; keep it off the accelerators JAX uses
+
+    tf.config.set_visible_devices([], "GPU")
+    from marjax import distributed
+    from marjax.checkpoints import IncompatibleCheckpointError
+    from marjax.data.sources import DataError
+    from marjax.sample import sample_from_workdir
+    from marjax.train import TrainingDiverged, train_and_evaluate
+
+    distributed.initialize_if_multiprocess()
+    config = CONFIG.value
+    try:
+        if MODE.value == "train":
+            train_and_evaluate(config, WORKDIR.value)
+        else:
+            sample_from_workdir(config, WORKDIR.value)
+    except (config_checks.ConfigError, DataError, IncompatibleCheckpointError, TrainingDiverged,
+            FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

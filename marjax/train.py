@@ -1,0 +1,161 @@
+"""The training program: `train_and_evaluate(config, workdir)`, read top to bottom.
+
+1. Check the config and open the data (fails before anything compiles).
+2. Build the model, optimizer and mesh; restore the latest checkpoint of the workdir (state and
+   data position) or initialise, sharded by the mesh.
+3. Steps, with periodic actions: metrics to TensorBoard and the log, progress (steps/s, ETA),
+   sample grids, asynchronous checkpoints.
+
+Step numbers count completed updates: checkpoint N holds the state after N steps, and "step N"
+in a message is the update that turns state N into N + 1. A NaN/Inf loss stops the run before
+its state can be saved (the last good checkpoint stays); SIGTERM saves and returns normally.
+"""
+import signal
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
+
+from marjax import config_checks
+from marjax.builders import model_from_config, optimizer_from_config, state_layout, step_plan
+from marjax.checkpoints import RunCheckpoints
+from marjax.data.pipeline import global_batch, make_dataset
+from marjax.data.sources import make_source
+from marjax.sample import sample_images, sample_labels, write_samples
+from marjax.sharding import batch_sharding, make_mesh, replicated
+from marjax.tokenizers import make_tokenizer
+from marjax.train_step import TrainState, create_train_state, make_train_step
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
+
+
+class _Preemption:
+    """Remembers a SIGTERM so the loop can save and stop between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint after the current step, then stopping")
+        self.requested = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:  # every host must agree, or the save's collectives hang
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains until `train.num_steps` (or `train.num_epochs`), resuming from `workdir` if it holds
+    checkpoints. Returns the final state (the state saved at preemption, if preempted)."""
+    config_checks.validate(config)
+    source = make_source(config.data)
+    tokenizer = make_tokenizer(config.tokenizer.name)
+    model = model_from_config(config)
+    plan = step_plan(config, len(source))
+    tx, schedule = optimizer_from_config(config, plan)
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
+    abstract_state, shardings = state_layout(model, tx, mesh, config.mesh.fsdp_min_size)
+    logging.info("model: %d parameters; %d records, %d steps per epoch, %d steps (%d warmup), peak lr %g; "
+                 "mesh %s", sum(x.size for x in jax.tree.leaves(abstract_state.params)), len(source),
+                 plan.steps_per_epoch, plan.total_steps, plan.warmup_steps, plan.peak_lr, dict(mesh.shape))
+
+    data_iterator = iter(make_dataset(
+        source, global_batch_size=config.train.global_batch_size, seed=config.seed,
+        random_flip=config.data.random_flip, worker_count=config.data.worker_count,
+        prefetch_buffer_size=config.data.prefetch_buffer_size))
+    checkpoints = RunCheckpoints(workdir, keep=config.train.keep_checkpoints)
+    init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
+    latest = checkpoints.latest_step()
+    if latest is None:
+        state = jax.jit(lambda key: create_train_state(model, tx, key), out_shardings=shardings)(init_key)
+    else:
+        checkpoints.check_compatible(latest, abstract_state.params, config)
+        state = checkpoints.restore(latest, abstract_state, data_iterator)
+        logging.info("resumed from the checkpoint at step %d in %s", latest, checkpoints.directory)
+
+    batch_shard, rep = batch_sharding(mesh), replicated(mesh)
+    train_step = jax.jit(
+        make_train_step(model, tx, schedule, mask_ratio_min=config.train.mask_ratio_min,
+                        label_drop_prob=config.train.label_drop_prob,
+                        diffusion_batch_mul=config.train.diffusion_batch_mul, ema_rate=config.train.ema_rate),
+        in_shardings=(shardings, batch_shard, rep), out_shardings=(shardings, rep), donate_argnums=0)
+
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    if latest is None:
+        writer.write_hparams({k: _scalar(v) for k, v in config_checks.config_items(config)})
+    progress = periodic_actions.ReportProgress(num_train_steps=plan.total_steps, writer=writer,
+                                               every_steps=config.train.log_every_steps, every_secs=None)
+    grid_labels = sample_labels(config.train.num_grid_samples, config.data.num_classes)
+    step = int(state.step)
+    last_saved = latest
+    pending: list[tuple[int, dict]] = []  # metrics fetched one step late, so dispatch stays ahead
+    history: list[dict] = []  # fetched metrics since the last log line
+
+    def check_and_log(upto: int) -> None:
+        """Fetches pending metrics, stops on NaN/Inf, writes means every log_every_steps."""
+        for s, metrics in pending:
+            values = jax.device_get(metrics)
+            if not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"])):
+                checkpoints.wait()
+                raise TrainingDiverged(
+                    f"loss {values['loss']} / grad norm {values['grad_norm']} at step {s}: training stopped; "
+                    f"the last good checkpoint is step {last_saved} in {checkpoints.directory}")
+            history.append(values)
+            if (s + 1) % config.train.log_every_steps == 0 or s + 1 == upto:
+                means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+                writer.write_scalars(s + 1, means)  # to TensorBoard and the log
+                history.clear()
+        pending.clear()
+
+    preemption = _Preemption()
+    logging.info("training from step %d to %d (the first step compiles)", step, plan.total_steps)
+    try:
+        while step < plan.total_steps:
+            if preemption.reached(step):
+                check_and_log(step)
+                if last_saved != step:
+                    checkpoints.save(step, state, data_iterator, config)
+                checkpoints.wait()
+                logging.warning("preempted: saved the checkpoint at step %d; resume with the same command", step)
+                return state
+            batch = global_batch(next(data_iterator), batch_shard)
+            batch = {"latents": tokenizer.encode(batch["images"]), "labels": batch["labels"]}
+            state, metrics = train_step(state, batch, train_key)
+            check_and_log(plan.total_steps)  # the previous step's metrics, while this one runs
+            pending.append((step, metrics))
+            step += 1
+            progress(step)
+            if step % config.train.checkpoint_every_steps == 0 or step == plan.total_steps:
+                check_and_log(plan.total_steps)
+                checkpoints.save(step, state, data_iterator, config)
+                last_saved = step
+            if config.train.sample_every_steps and (step % config.train.sample_every_steps == 0
+                                                    or step == plan.total_steps):
+                images = sample_images(model, state.ema_params, grid_labels, sample_key, config.sample, tokenizer)
+                path = write_samples(f"{workdir}/samples", f"train_step_{step}", images, grid_labels)
+                writer.write_images(step, {"samples": images})
+                logging.info("step %d: sample grid written to %s", step, path)
+        check_and_log(plan.total_steps)
+        checkpoints.wait()
+        logging.info("done: %d steps; checkpoints in %s", step, checkpoints.directory)
+        return state
+    finally:
+        preemption.restore()
+        writer.flush()
+        checkpoints.close()
+
+
+def _scalar(value):
+    """hparams take numbers, strings and bools; None and others are written as strings."""
+    return value if isinstance(value, (int, float, str, bool)) else str(value)
