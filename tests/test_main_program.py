@@ -1,0 +1,173 @@
+"""End-to-end runs of `python -m marjax.main` on the digits with a tiny model (subprocesses).
+
+Covers: train with checkpoints, resume, sample; kill -9 then resume reproduces the
+uninterrupted losses step by step; SIGTERM saves and exits 0; one train-step compilation per
+run; the bad-input errors (incompatible checkpoint, NaN loss, missing data).
+"""
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_OVERRIDES = [
+    "--config.model.encoder_width=32", "--config.model.encoder_depth=1", "--config.model.encoder_heads=2",
+    "--config.model.decoder_width=32", "--config.model.decoder_depth=1", "--config.model.decoder_heads=2",
+    "--config.model.diffloss_depth=1", "--config.model.diffloss_width=32",
+    "--config.train.global_batch_size=16", "--config.train.log_every_steps=1",
+    "--config.sample.num_iter=4", "--config.sample.num_diffusion_steps=5",
+    "--config.sample.num_images=10", "--config.sample.batch_size=10",
+]
+
+
+def command(workdir, *extra):
+    return [sys.executable, "-m", "marjax.main", "--config=configs/digits.py", f"--workdir={workdir}",
+            *TINY_OVERRIDES, *extra]
+
+
+def env():
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def run(workdir, *extra, check=True, extra_env=None):
+    result = subprocess.run(command(workdir, *extra), cwd=REPO, env={**env(), **(extra_env or {})},
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stderr[-4000:]}")
+    return result
+
+
+def losses(workdir) -> dict[int, float]:
+    """step -> loss from the TensorBoard event files the run wrote."""
+    import tensorflow as tf
+
+    found = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == "loss":
+                    found[event.step] = float(tf.make_ndarray(value.tensor))
+    return found
+
+
+def saved_steps(workdir) -> list[int]:
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """12 steps in one go, checkpoints every 4 steps; then --mode=sample."""
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    result = run(workdir, "--config.train.num_steps=12", "--config.train.checkpoint_every_steps=4",
+                 extra_env={"JAX_LOG_COMPILES": "1"})
+    return workdir, result.stderr
+
+
+def test_train_writes_checkpoints_metrics_and_compiles_once(uninterrupted):
+    workdir, log = uninterrupted
+    assert saved_steps(workdir) == [4, 8, 12]
+    assert sorted(losses(workdir)) == list(range(1, 13))
+    assert all(np.isfinite(v) for v in losses(workdir).values())
+    train_step_compiles = [line for line in log.splitlines() if "Compiling" in line and "train_step" in line]
+    assert len(train_step_compiles) == 1, train_step_compiles
+
+
+def test_resume_after_kill_reproduces_losses(uninterrupted, tmp_path):
+    reference = losses(uninterrupted[0])
+    workdir = str(tmp_path)
+    args = ("--config.train.num_steps=12", "--config.train.checkpoint_every_steps=4")
+    process = subprocess.Popen(command(workdir, *args), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while 4 not in saved_steps(workdir) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert 12 not in saved_steps(workdir)
+    run(workdir, *args)
+    resumed = losses(workdir)
+    assert sorted(resumed) == list(range(1, 13))
+    np.testing.assert_array_equal([resumed[s] for s in range(1, 13)], [reference[s] for s in range(1, 13)])
+
+
+def test_sample_mode_writes_grid_and_npz(uninterrupted):
+    workdir, _ = uninterrupted
+    run(workdir, "--mode=sample", "--config.sample.classes=3,7")
+    data = np.load(os.path.join(workdir, "samples", "step_12.npz"))
+    assert data["images"].shape == (10, 8, 8, 1) and data["images"].dtype == np.uint8
+    np.testing.assert_array_equal(data["labels"], [3] * 5 + [7] * 5)
+    assert os.path.getsize(os.path.join(workdir, "samples", "step_12.png")) > 0
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path):
+    workdir = str(tmp_path / "w")
+    log_path = tmp_path / "log.txt"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command(workdir, "--config.train.num_steps=100000",
+                                           "--config.train.checkpoint_every_steps=100000"),
+                                   cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.time() + 300
+        while "training from step 0" not in log_path.read_text() and time.time() < deadline:
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=300)
+    stderr = log_path.read_text()
+    assert process.returncode == 0, stderr[-4000:]
+    steps = saved_steps(workdir)
+    assert len(steps) == 1 and 0 < steps[0] < 100000
+    assert f"preempted: saved the checkpoint at step {steps[0]}" in stderr
+
+
+def test_incompatible_checkpoint_names_parameters(uninterrupted):
+    result = run(uninterrupted[0], "--config.model.encoder_width=64", check=False)
+    assert result.returncode != 0
+    assert "z_proj/kernel" in result.stderr and "model.encoder_width: checkpoint 32, this config 64" in result.stderr
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    workdir = str(tmp_path)
+    result = run(workdir, "--config.train.num_steps=6", "--config.train.checkpoint_every_steps=1",
+                 "--config.train.warmup_epochs=0", "--config.train.base_lr=1e30", check=False)
+    assert result.returncode != 0
+    assert "training stopped; the last good checkpoint is step 1" in result.stderr, result.stderr[-3000:]
+    assert "at step 1:" in result.stderr
+    assert saved_steps(workdir) == [1]
+
+
+def test_missing_image_folder_fails_before_compiling(tmp_path):
+    result = run(str(tmp_path / "w"), "--config.data.source=image_folder",
+                 f"--config.data.path={tmp_path / 'nowhere'}", check=False)
+    assert result.returncode != 0 and "no such directory" in result.stderr
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_unknown_config_key_lists_valid_keys(tmp_path):
+    result = run(str(tmp_path), "--config.train.lr=1", check=False)
+    assert result.returncode != 0
+    assert "unknown config key 'train.lr'" in result.stderr and "train.base_lr" in result.stderr
+
+
+def test_resume_onto_an_eight_device_fsdp_mesh(uninterrupted, tmp_path):
+    """Checkpoint 8 of the one-device run restores onto a 2x4 (data x fsdp) mesh of CPU devices
+    and continues to the same losses (up to the reduction order of the sharded sums)."""
+    import shutil
+
+    workdir = str(tmp_path / "w")
+    os.makedirs(os.path.join(workdir, "checkpoints"))
+    shutil.copytree(os.path.join(uninterrupted[0], "checkpoints", "8"), os.path.join(workdir, "checkpoints", "8"))
+    run(workdir, "--config.train.num_steps=12", "--config.train.checkpoint_every_steps=4",
+        "--config.mesh.fsdp=4", "--config.mesh.fsdp_min_size=256",
+        extra_env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    reference, resumed = losses(uninterrupted[0]), losses(workdir)
+    assert sorted(resumed) == [9, 10, 11, 12]
+    np.testing.assert_allclose([resumed[s] for s in range(9, 13)], [reference[s] for s in range(9, 13)],
+                               rtol=2e-4)

@@ -1,0 +1,34 @@
+"""Labels, grids and files of `--mode=sample`."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from marjax.sample import grid_columns, image_grid, sample_labels, write_samples
+
+
+def test_sample_labels_balanced_sorted_and_checked():
+    np.testing.assert_array_equal(sample_labels(7, 3), [0, 0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(sample_labels(4, 10, "7, 2"), [7, 7, 2, 2])
+    with pytest.raises(ValueError, match="class ids"):
+        sample_labels(4, 10, "10")
+
+
+def test_image_grid_places_images_row_major_with_borders():
+    images = np.arange(1, 6, dtype=np.uint8)[:, None, None, None] * np.ones((5, 2, 3, 1), np.uint8)
+    grid = image_grid(images, columns=3)
+    assert grid.shape == (2 * 3, 3 * 4, 1)
+    assert grid[0, 0, 0] == 1 and grid[0, 4, 0] == 2 and grid[0, 8, 0] == 3 and grid[3, 0, 0] == 4
+    assert grid[2, 0, 0] == 128 and grid[0, 3, 0] == 128
+    assert grid[3, 8, 0] == 0  # the blank sixth cell
+
+
+def test_write_samples_png_and_npz(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 1), dtype=np.uint8)
+    labels = np.array([0, 0, 0, 1, 1, 1], np.int32)
+    assert grid_columns(labels) == 3
+    png = write_samples(str(tmp_path), "step_5", images, labels)
+    with Image.open(png) as grid:
+        assert min(grid.size) >= 256
+    data = np.load(tmp_path / "step_5.npz")
+    np.testing.assert_array_equal(data["images"], images)
+    np.testing.assert_array_equal(data["labels"], labels)
