@@ -73,6 +73,33 @@ def test_tfds_not_prepared_says_how_to_prepare(tmp_path):
     assert not any(tmp_path.iterdir()), "nothing may be downloaded or prepared"
 
 
+def test_tfds_source_reads_a_prepared_array_record_dataset(tmp_path):
+    import tensorflow_datasets as tfds
+
+    class TinyImages(tfds.core.GeneratorBasedBuilder):
+        """Six solid images of sizes 20..25 x 30; value 10 i, label i % 3."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "label": tfds.features.ClassLabel(num_classes=3)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i in range(6):
+                yield i, {"image": np.full((20 + i, 30, 3), 10 * i, np.uint8), "label": i % 3}
+
+    TinyImages(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    source = TfdsSource("tiny_images", "train", 16, data_dir=str(tmp_path))
+    records = [source[i] for i in range(len(source))]
+    assert len(records) == 6 and all(r["image"].shape == (16, 16, 3) for r in records)
+    assert sorted((int(r["image"][0, 0, 0]) // 10, int(r["label"])) for r in records) == [(i, i % 3) for i in range(6)]
+
+
 def _labels(iterator, batches):
     return np.concatenate([next(iterator)["labels"] for _ in range(batches)])
 

@@ -108,7 +108,7 @@ class TfdsSource:
                 + f"\n(for imagenet2012, first place the ILSVRC2012 train/val tar files in "
                   f"{os.path.join(data_dir or '~/tensorflow_datasets', 'downloads', 'manual')}), "
                   f"or point data.tfds_data_dir at the directory holding it.")
-        if "array_record" not in str(builder.info.file_format):
+        if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
             raise DataError(f"TFDS dataset {name!r} in {builder.data_dir} is stored as "
                             f"{builder.info.file_format}; random access needs ArrayRecord: rebuild with "
                             f"`tfds build {name} --file_format=array_record`")
