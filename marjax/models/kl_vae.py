@@ -1,0 +1,195 @@
+"""The KL autoencoder of latent diffusion (LDM), as MAR uses it for its KL-16 tokenizer.
+
+Images (B, H, W, 3) in [-1, 1] -> posterior moments (B, H/f, W/f, 2 z) (mean || logvar, f =
+2^(len(ch_mult) - 1)) -> latents -> images. Structure and numerics of LTH14/mar `models/vae.py`:
+GroupNorm (32 groups, eps 1e-6) and swish; ResNet blocks with a 1x1 `nin_shortcut` when the
+width changes; single-head attention through 1x1 convs q, k, v, proj_out with scale c^-0.5;
+downsampling pads the bottom and right by one and applies a stride-2 3x3 conv without padding;
+upsampling is nearest x2 then a 3x3 conv. The encoder attends at `attn_resolutions`, the
+decoder's up path never does; both have mid attention. Layout NHWC.
+
+Submodule names follow the reference's keys with "_" for ".": `encoder/down_4_attn_0/q`
+stands for `encoder.down.4.attn.0.q`. Conv weights init as PyTorch's default (uniform with
+bound 1/sqrt(fan_in)); biases start at zero.
+"""
+import dataclasses
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def conv(features: int, kernel: int, name: str, stride: int = 1, padding: str | int = "SAME") -> nn.Conv:
+    pad = padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad,
+                   kernel_init=torch_default_init, name=name)
+
+
+def group_norm(name: str) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=32, epsilon=1e-6, use_fast_variance=False, name=name)
+
+
+class ResnetBlock(nn.Module):
+    out_channels: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = conv(self.out_channels, 3, "conv1")(nn.swish(group_norm("norm1")(x)))
+        h = conv(self.out_channels, 3, "conv2")(nn.swish(group_norm("norm2")(h)))
+        if x.shape[-1] != self.out_channels:
+            x = conv(self.out_channels, 1, "nin_shortcut")(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        y = group_norm("norm")(x)
+        q, k, v = (conv(c, 1, name)(y).reshape(b, h * w, c) for name in ("q", "k", "v"))
+        weights = jax.nn.softmax(jnp.einsum("bic,bjc->bij", q, k) * c ** -0.5, axis=-1)
+        out = jnp.einsum("bij,bjc->bic", weights, v).reshape(b, h, w, c)
+        return x + conv(c, 1, "proj_out")(out)
+
+
+class Downsample(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        return conv(x.shape[-1], 3, "conv", stride=2, padding="VALID")(x)
+
+
+class Upsample(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return conv(x.shape[-1], 3, "conv")(x)
+
+
+class Encoder(nn.Module):
+    ch: int
+    ch_mult: Sequence[int]
+    num_res_blocks: int
+    attn_resolutions: Sequence[int]
+    z_channels: int
+    resolution: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, C) -> (B, H/f, W/f, 2 z_channels)."""
+        h = conv(self.ch, 3, "conv_in")(x)
+        resolution = self.resolution  # nominal, as the reference: where attention sits, not the input size
+        for level, mult in enumerate(self.ch_mult):
+            for block in range(self.num_res_blocks):
+                h = ResnetBlock(self.ch * mult, name=f"down_{level}_block_{block}")(h)
+                if resolution in self.attn_resolutions:
+                    h = AttnBlock(name=f"down_{level}_attn_{block}")(h)
+            if level != len(self.ch_mult) - 1:
+                h = Downsample(name=f"down_{level}_downsample")(h)
+                resolution //= 2
+        width = h.shape[-1]
+        h = ResnetBlock(width, name="mid_block_1")(h)
+        h = AttnBlock(name="mid_attn_1")(h)
+        h = ResnetBlock(width, name="mid_block_2")(h)
+        return conv(2 * self.z_channels, 3, "conv_out")(nn.swish(group_norm("norm_out")(h)))
+
+
+class Decoder(nn.Module):
+    ch: int
+    ch_mult: Sequence[int]
+    num_res_blocks: int
+    out_channels: int
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        """(B, h, w, z_channels) -> (B, h f, w f, out_channels)."""
+        width = self.ch * self.ch_mult[-1]
+        h = conv(width, 3, "conv_in")(z)
+        h = ResnetBlock(width, name="mid_block_1")(h)
+        h = AttnBlock(name="mid_attn_1")(h)
+        h = ResnetBlock(width, name="mid_block_2")(h)
+        for level in reversed(range(len(self.ch_mult))):
+            for block in range(self.num_res_blocks + 1):
+                h = ResnetBlock(self.ch * self.ch_mult[level], name=f"up_{level}_block_{block}")(h)
+            if level != 0:
+                h = Upsample(name=f"up_{level}_upsample")(h)
+        return conv(self.out_channels, 3, "conv_out")(nn.swish(group_norm("norm_out")(h)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Posterior:
+    """Diagonal Gaussian over latents; logvar clamped to [-30, 20] as the reference."""
+
+    mean: jax.Array
+    logvar: jax.Array
+
+    @classmethod
+    def from_moments(cls, moments: jax.Array) -> "Posterior":
+        """moments (..., 2 z): mean then logvar along the last axis."""
+        mean, logvar = jnp.split(moments, 2, axis=-1)
+        return cls(mean, jnp.clip(logvar, -30.0, 20.0))
+
+    def sample(self, rng: jax.Array) -> jax.Array:
+        return self.mean + jnp.exp(0.5 * self.logvar) * jax.random.normal(rng, self.mean.shape, self.mean.dtype)
+
+    def mode(self) -> jax.Array:
+        return self.mean
+
+    def kl(self) -> jax.Array:
+        """KL to N(0, I), summed over all but the batch axis: (B,)."""
+        terms = self.mean ** 2 + jnp.exp(self.logvar) - 1.0 - self.logvar
+        return 0.5 * jnp.sum(terms, axis=tuple(range(1, terms.ndim)))
+
+
+class AutoencoderKL(nn.Module):
+    """LDM KL autoencoder. `kl16` (MAR's tokenizer): ch 128, ch_mult (1, 1, 2, 2, 4), 2 blocks,
+    attention at resolution 16, 16 latent channels, 66.456M params."""
+
+    embed_dim: int = 16
+    ch: int = 128
+    ch_mult: Sequence[int] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: Sequence[int] = (16,)
+    image_channels: int = 3
+    resolution: int = 256  # nominal image size that places the encoder attention (any input size runs)
+
+    def setup(self):
+        self.encoder = Encoder(self.ch, tuple(self.ch_mult), self.num_res_blocks, tuple(self.attn_resolutions),
+                               self.embed_dim, self.resolution)
+        self.decoder = Decoder(self.ch, tuple(self.ch_mult), self.num_res_blocks, self.image_channels)
+        self.quant_conv = conv(2 * self.embed_dim, 1, "quant_conv")
+        self.post_quant_conv = conv(self.embed_dim, 1, "post_quant_conv")
+
+    @property
+    def stride(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def encode(self, images: jax.Array) -> Posterior:
+        """(B, H, W, C) in [-1, 1] -> the posterior over (B, H/stride, W/stride, embed_dim) latents."""
+        return Posterior.from_moments(self.quant_conv(self.encoder(images)))
+
+    def moments(self, images: jax.Array) -> jax.Array:
+        """(B, H, W, C) -> (B, H/stride, W/stride, 2 embed_dim) mean || logvar (unclamped)."""
+        return self.quant_conv(self.encoder(images))
+
+    def decode(self, latents: jax.Array) -> jax.Array:
+        """(B, h, w, embed_dim) -> (B, h stride, w stride, C) images in about [-1, 1]."""
+        return self.decoder(self.post_quant_conv(latents))
+
+    def __call__(self, images: jax.Array, rng: jax.Array) -> tuple[jax.Array, Posterior]:
+        """Reconstruction from a posterior sample, and the posterior."""
+        posterior = self.encode(images)
+        return self.decode(posterior.sample(rng)), posterior
+
+
+KL_PRESETS = {"kl16": dict(embed_dim=16, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+                           attn_resolutions=(16,))}
+
+
+def init_vae_params(model: AutoencoderKL, rng: jax.Array, image_size: int = 256) -> dict:
+    """Initial params for (1, image_size, image_size, C) inputs."""
+    images = jnp.zeros((1, image_size, image_size, model.image_channels))
+    return model.init(rng, images, jax.random.key(0))["params"]

@@ -1,0 +1,51 @@
+"""The reference KL-VAE's PyTorch state-dict layout <-> `AutoencoderKL` params.
+
+Keys: `encoder.down.{i}.block.{j}.conv1.weight` <-> ("encoder", "down_{i}_block_{j}", "conv1",
+"kernel"); `mid.block_1` <-> "mid_block_1"; `down.{i}.downsample.conv` <-> "down_{i}_downsample",
+"conv". Conv weights (O, I, kh, kw) <-> kernels (kh, kw, I, O); GroupNorm weight <-> scale.
+"""
+import flax
+import numpy as np
+
+
+def torch_key_to_path(key: str) -> tuple[str, ...]:
+    """'encoder.down.4.attn.0.q.weight' -> ('encoder', 'down_4_attn_0', 'q', 'kernel')."""
+    parts = key.split(".")
+    param = parts.pop()
+    path: list[str] = []
+    while parts:
+        head = parts.pop(0)
+        if head in ("down", "up"):  # down.i.block.j / down.i.downsample
+            level, kind = parts.pop(0), parts.pop(0)
+            path.append(f"{head}_{level}_{kind}" + (f"_{parts.pop(0)}" if kind in ("block", "attn") else ""))
+        elif head == "mid":
+            path.append(f"mid_{parts.pop(0)}")
+        else:
+            path.append(head)
+    is_norm = path[-1].startswith("norm")
+    return (*path, {"weight": "scale" if is_norm else "kernel", "bias": "bias"}[param])
+
+
+def params_from_torch_state(state: dict[str, np.ndarray], target_shapes: dict) -> dict:
+    """Reference state dict (numpy arrays) -> params shaped like `target_shapes` (a params tree of
+    arrays or ShapeDtypeStructs). Raises ValueError listing missing/unexpected keys and mismatches."""
+    wanted = flax.traverse_util.flatten_dict(target_shapes)
+    converted, unexpected, mismatched, seen = {}, [], [], set()
+    for key, value in state.items():
+        path = torch_key_to_path(key)
+        if path not in wanted:
+            unexpected.append(key)
+            continue
+        seen.add(path)
+        value = np.asarray(value, np.float32)
+        if value.ndim == 4:
+            value = value.transpose(2, 3, 1, 0)
+        if value.shape != tuple(wanted[path].shape):
+            mismatched.append(f"{key}: {value.shape} vs {tuple(wanted[path].shape)}")
+            continue
+        converted[path] = value
+    missing = ["/".join(p) for p in wanted if p not in seen]
+    if unexpected or missing or mismatched:
+        raise ValueError(f"KL-VAE state dict does not fit: missing {missing}, unexpected {unexpected}, "
+                         f"shape mismatches {mismatched}")
+    return flax.traverse_util.unflatten_dict(converted)
