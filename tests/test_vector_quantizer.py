@@ -51,3 +51,18 @@ def test_code_statistics():
     stats = code_statistics(jnp.array([0, 0, 1, 1]), 4)
     np.testing.assert_allclose(stats["codebook_usage"], 0.5)
     np.testing.assert_allclose(stats["perplexity"], 2.0, rtol=1e-6)
+
+
+def test_vq_model_shapes_and_code_round_trip():
+    from marjax.models.vq_tokenizer import VQModel
+
+    model = VQModel(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), z_channels=32,
+                    codebook_size=64, code_dim=4, resolution=16, image_channels=1)
+    images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 1), minval=-1, maxval=1)
+    params = model.init(jax.random.key(1), images)["params"]
+    recon, codes, stats = model.apply({"params": params}, images)
+    assert recon.shape == images.shape and codes.shape == (2, 8, 8) and codes.dtype == jnp.int32
+    assert set(stats) == {"codebook_loss", "commitment_loss", "codebook_usage", "perplexity"}
+    quantized, _, _ = model.apply({"params": params}, images, method=VQModel.encode)
+    np.testing.assert_allclose(model.apply({"params": params}, codes, method=VQModel.decode_codes),
+                               model.apply({"params": params}, quantized, method=VQModel.decode), atol=1e-5)

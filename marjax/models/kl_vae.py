@@ -74,12 +74,12 @@ class Encoder(nn.Module):
     ch_mult: Sequence[int]
     num_res_blocks: int
     attn_resolutions: Sequence[int]
-    z_channels: int
+    out_channels: int
     resolution: int
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """(B, H, W, C) -> (B, H/f, W/f, 2 z_channels)."""
+        """(B, H, W, C) -> (B, H/f, W/f, out_channels)."""
         h = conv(self.ch, 3, "conv_in")(x)
         resolution = self.resolution  # nominal, as the reference: where attention sits, not the input size
         for level, mult in enumerate(self.ch_mult):
@@ -94,7 +94,7 @@ class Encoder(nn.Module):
         h = ResnetBlock(width, name="mid_block_1")(h)
         h = AttnBlock(name="mid_attn_1")(h)
         h = ResnetBlock(width, name="mid_block_2")(h)
-        return conv(2 * self.z_channels, 3, "conv_out")(nn.swish(group_norm("norm_out")(h)))
+        return conv(self.out_channels, 3, "conv_out")(nn.swish(group_norm("norm_out")(h)))
 
 
 class Decoder(nn.Module):
@@ -158,7 +158,7 @@ class AutoencoderKL(nn.Module):
 
     def setup(self):
         self.encoder = Encoder(self.ch, tuple(self.ch_mult), self.num_res_blocks, tuple(self.attn_resolutions),
-                               self.embed_dim, self.resolution)
+                               2 * self.embed_dim, self.resolution)
         self.decoder = Decoder(self.ch, tuple(self.ch_mult), self.num_res_blocks, self.image_channels)
         self.quant_conv = conv(2 * self.embed_dim, 1, "quant_conv")
         self.post_quant_conv = conv(self.embed_dim, 1, "post_quant_conv")
