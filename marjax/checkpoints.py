@@ -12,6 +12,7 @@ import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -34,13 +35,14 @@ class RunCheckpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator,
+    def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None,
              config: ml_collections.ConfigDict) -> None:
-        """Starts an asynchronous save of step `step` (returns before the files are written)."""
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
-            config=ocp.args.JsonSave(config.to_dict())), force=True)
+        """Starts an asynchronous save of step `step` (returns before the files are written).
+        Without a data iterator (converted weights) a resumed run starts its data afresh."""
+        items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config.to_dict())}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def wait(self) -> None:
         """Blocks until every started save is on disk."""
@@ -75,7 +77,11 @@ class RunCheckpoints:
         when given, is set to its saved position."""
         args = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
-            args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+            if os.path.isdir(os.path.join(self.directory, str(step), "data")):
+                args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+            else:
+                logging.warning("checkpoint %d holds no data position (converted weights?): the data "
+                                "pipeline starts from its beginning", step)
         return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
 
     def close(self) -> None:

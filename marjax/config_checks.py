@@ -81,7 +81,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{key}={config[section][field]!r}; choose one of {list(choices)}")
     try:
         spec = tokenizer_spec(config.tokenizer.name, config.data.channels)
-        check_available(config.tokenizer.name)
+        check_available(config.tokenizer.name, config.tokenizer.checkpoint)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     unit = spec.stride * config.model.patch_size

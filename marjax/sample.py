@@ -17,7 +17,7 @@ from PIL import Image
 from marjax.data.image_ops import to_uint8
 from marjax.models.mar import MAR
 from marjax.sampler import generate
-from marjax.tokenizers import PixelTokenizer
+from marjax.tokenizers import KLTokenizer, PixelTokenizer
 
 
 def sample_labels(num_images: int, num_classes: int, classes: str = "") -> np.ndarray:
@@ -32,7 +32,8 @@ def sample_labels(num_images: int, num_classes: int, classes: str = "") -> np.nd
 
 
 def sample_images(model: MAR, params: dict, labels: np.ndarray, rng: jax.Array,
-                  sample_config: ml_collections.ConfigDict, tokenizer: PixelTokenizer) -> np.ndarray:
+                  sample_config: ml_collections.ConfigDict,
+                  tokenizer: PixelTokenizer | KLTokenizer) -> np.ndarray:
     """Generates one image per label, in batches of `sample_config.batch_size` (the last one
     padded, so one compiled sampler serves all). Returns (N, H, W, C) uint8."""
     batch_size = sample_config.batch_size
@@ -97,7 +98,7 @@ def sample_from_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
 
     config_checks.validate(config)
     labels = sample_labels(config.sample.num_images, config.data.num_classes, config.sample.classes)
-    tokenizer = make_tokenizer(config.tokenizer.name)
+    tokenizer = make_tokenizer(config.tokenizer.name, config.tokenizer.checkpoint, config.tokenizer.scale)
     model = model_from_config(config)
     tx, _ = optimizer_from_config(config, step_plan(config, config.train.global_batch_size))
     abstract_state, _ = state_layout(model, tx, make_mesh(config.mesh.data, config.mesh.fsdp),

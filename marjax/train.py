@@ -60,7 +60,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     checkpoints. Returns the final state (the state saved at preemption, if preempted)."""
     config_checks.validate(config)
     source = make_source(config.data)
-    tokenizer = make_tokenizer(config.tokenizer.name)
+    tokenizer = make_tokenizer(config.tokenizer.name, config.tokenizer.checkpoint, config.tokenizer.scale)
     model = model_from_config(config)
     plan = step_plan(config, len(source))
     tx, schedule = optimizer_from_config(config, plan)
@@ -75,7 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         random_flip=config.data.random_flip, worker_count=config.data.worker_count,
         prefetch_buffer_size=config.data.prefetch_buffer_size))
     checkpoints = RunCheckpoints(workdir, keep=config.train.keep_checkpoints)
-    init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
+    init_key, train_key, sample_key, encode_key = jax.random.split(jax.random.key(config.seed), 4)
     latest = checkpoints.latest_step()
     if latest is None:
         state = jax.jit(lambda key: create_train_state(model, tx, key), out_shardings=shardings)(init_key)
@@ -130,7 +130,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 logging.warning("preempted: saved the checkpoint at step %d; resume with the same command", step)
                 return state
             batch = global_batch(next(data_iterator), batch_shard)
-            batch = {"latents": tokenizer.encode(batch["images"]), "labels": batch["labels"]}
+            latents = tokenizer.encode(batch["images"], jax.random.fold_in(encode_key, step))
+            batch = {"latents": latents, "labels": batch["labels"]}
             state, metrics = train_step(state, batch, train_key)
             check_and_log(plan.total_steps)  # the previous step's metrics, while this one runs
             pending.append((step, metrics))

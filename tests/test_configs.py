@@ -62,7 +62,7 @@ def test_unknown_override_lists_valid_keys_with_a_suggestion():
     (("data", "source", "webdataset"), "data.source"),
     (("sample", "classes", "3,12"), "class ids in \\[0, 10\\)"),
     (("model", "encoder_heads", 3), "encoder_width=128 is not divisible"),
-    (("tokenizer", "name", "kl16"), "KL-16 VAE is not part of this marjax version"),
+    (("tokenizer", "name", "kl16"), "needs its weights: convert the published weights"),
     (("train", "log_every_steps", 0), "train.log_every_steps"),
 ])
 def test_validate_rejects(override, message):

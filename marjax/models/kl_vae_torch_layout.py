@@ -4,6 +4,8 @@ Keys: `encoder.down.{i}.block.{j}.conv1.weight` <-> ("encoder", "down_{i}_block_
 "kernel"); `mid.block_1` <-> "mid_block_1"; `down.{i}.downsample.conv` <-> "down_{i}_downsample",
 "conv". Conv weights (O, I, kh, kw) <-> kernels (kh, kw, I, O); GroupNorm weight <-> scale.
 """
+import re
+
 import flax
 import numpy as np
 
@@ -49,3 +51,23 @@ def params_from_torch_state(state: dict[str, np.ndarray], target_shapes: dict) -
         raise ValueError(f"KL-VAE state dict does not fit: missing {missing}, unexpected {unexpected}, "
                          f"shape mismatches {mismatched}")
     return flax.traverse_util.unflatten_dict(converted)
+
+
+def path_to_torch_key(path: tuple[str, ...]) -> str:
+    """("encoder", "down_4_attn_0", "q", "kernel") -> "encoder.down.4.attn.0.q.weight"."""
+    *modules, leaf = path
+    parts = []
+    for m in modules:
+        m = re.sub(r"^(down|up)_(\d+)_(block|attn)_(\d+)$", r"\1.\2.\3.\4", m)
+        m = re.sub(r"^(down|up)_(\d+)_(downsample|upsample)$", r"\1.\2.\3", m)
+        parts.append(re.sub(r"^mid_", "mid.", m))
+    return ".".join(parts + ["bias" if leaf == "bias" else "weight"])
+
+
+def torch_state_from_params(params: dict) -> dict[str, np.ndarray]:
+    """KL-VAE params -> the reference's state dict (numpy, conv weights (O, I, kh, kw))."""
+    state = {}
+    for path, value in flax.traverse_util.flatten_dict(params).items():
+        value = np.asarray(value, np.float32)
+        state[path_to_torch_key(path)] = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value
+    return state

@@ -7,6 +7,7 @@ Linear weights are (out, in) in PyTorch and (in, out) kernels here; LayerNorm we
 to scale/bias; the class embedding table maps to `class_emb/embedding`; raw parameters
 (position embeddings, mask_token, fake_latent) keep their shapes.
 """
+import re
 from typing import Mapping
 
 import flax
@@ -57,3 +58,25 @@ def params_from_torch_state(state: Mapping[str, np.ndarray], model: MAR) -> dict
         raise ValueError(f"state dict does not fit the model: missing {missing}, unexpected {unexpected}, "
                          f"shape mismatches {mismatched}")
     return flax.traverse_util.unflatten_dict(params)
+
+
+def path_to_torch_key(path: tuple[str, ...]) -> str:
+    """Inverse of the key mapping: ("diffloss", "res_blocks_0", "adaLN_modulation", "kernel") ->
+    "diffloss.net.res_blocks.0.adaLN_modulation.1.weight"."""
+    *modules, leaf = path
+    if not modules:  # raw parameters: fake_latent, mask_token, position embeddings
+        return leaf
+    parts = [re.sub(r"_(\d+)$", r".\1", m) for m in modules]
+    parts = [p + ".1" if p == "adaLN_modulation" else p for p in parts]
+    if parts[0] == "diffloss":
+        parts[0] = "diffloss.net"
+    return ".".join(parts + ["bias" if leaf == "bias" else "weight"])
+
+
+def torch_state_from_params(params: dict) -> dict[str, np.ndarray]:
+    """MAR params -> a state dict in the reference's layout (numpy, Linear weights (out, in))."""
+    state = {}
+    for path, value in flax.traverse_util.flatten_dict(params).items():
+        value = np.asarray(value, np.float32)
+        state[path_to_torch_key(path)] = value.T if path[-1] == "kernel" else value
+    return state

@@ -1,0 +1,208 @@
+"""Converts the published PyTorch checkpoints of MAR and its KL-16 VAE, and back.
+
+  python -m marjax.convert --kind=mar --input=checkpoint-last.pth --output=/ckpt/mar_large
+  python -m marjax.convert --kind=kl16 --input=kl16.ckpt --output=/ckpt/kl16
+  python -m marjax.convert --kind=mar --to=torch --input=/ckpt/mar_large --output=mar_large.pth
+
+MAR: the file's "model" and "model_ema" become the params and EMA params of step 0 of a marjax
+workdir (with a fresh optimizer state and the preset's config), which `--mode=sample` and
+fine-tuning read; `--weights=ema|model` puts one copy in both places. The preset is inferred
+from the shapes unless given. KL-16: the VAE params as an Orbax checkpoint, the directory that
+`--config.tokenizer.checkpoint` takes. Files are loaded with `torch.load(weights_only=True)`;
+a file that also pickles other objects (e.g. training args) needs `--allow_pickle`, and only
+for files you trust.
+"""
+import os
+import re
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+from marjax.config_base import imagenet_mar_config
+from marjax.models.kl_vae import KL_PRESETS, AutoencoderKL, init_vae_params
+from marjax.models.mar import PRESETS, MAR
+
+KIND = flags.DEFINE_enum("kind", None, ["mar", "kl16"], "What the file holds.", required=True)
+INPUT = flags.DEFINE_string("input", None, "The .pth/.ckpt file (or, with --to=torch, the marjax directory).",
+                            required=True)
+OUTPUT = flags.DEFINE_string("output", None, "Directory to write (or, with --to=torch, the .pth file).",
+                             required=True)
+WEIGHTS = flags.DEFINE_enum("weights", "both", ["both", "ema", "model"],
+                            "MAR: which copies to convert; 'both' keeps raw params and EMA apart.")
+PRESET = flags.DEFINE_enum("preset", None, sorted(PRESETS), "MAR size; inferred from the shapes when omitted.")
+ALLOW_PICKLE = flags.DEFINE_bool("allow_pickle", False, "Load with weights_only=False (trusted files only).")
+TO = flags.DEFINE_enum("to", "marjax", ["marjax", "torch"], "Conversion direction.")
+
+
+class ConversionError(ValueError):
+    """A file that cannot be converted; the message says why and what would work."""
+
+
+def load_torch_file(path: str, allow_pickle: bool = False) -> dict:
+    """The checkpoint dict of a .pth file, tensors as numpy float32 arrays at any depth."""
+    try:
+        import torch
+    except ImportError as e:
+        raise ConversionError("converting needs PyTorch: pip install -e '.[convert]'") from e
+    if not os.path.isfile(path):
+        raise ConversionError(f"--input={path}: no such file")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as e:  # torch raises UnpicklingError (or others) for pickled objects
+        if allow_pickle:
+            raise
+        raise ConversionError(f"{path} holds pickled objects besides tensors, which weights_only loading "
+                              f"refuses ({type(e).__name__}). If you trust the file, rerun with --allow_pickle.") from e
+
+    def to_numpy(value):
+        if isinstance(value, dict):
+            return {k: to_numpy(v) for k, v in value.items()}
+        return value.detach().float().numpy() if isinstance(value, torch.Tensor) else value
+
+    return to_numpy(content)
+
+
+def infer_mar_preset(state: dict[str, np.ndarray]) -> str:
+    """The preset whose widths and depths match the state dict; ConversionError listing them if none."""
+    def depth(prefix):
+        return len({int(m.group(1)) for k in state if (m := re.match(prefix + r"\.(\d+)\.", k))})
+
+    try:
+        found = dict(encoder_width=state["z_proj.weight"].shape[0], encoder_depth=depth("encoder_blocks"),
+                     decoder_width=state["decoder_embed.weight"].shape[0], decoder_depth=depth("decoder_blocks"),
+                     diffloss_width=state["diffloss.net.input_proj.weight"].shape[0],
+                     diffloss_depth=depth("diffloss.net.res_blocks"))
+    except KeyError as e:
+        raise ConversionError(f"not a MAR state dict: key {e} is missing") from e
+    for name, sizes in PRESETS.items():
+        if all(found[k] == sizes[k] for k in found):
+            return name
+    raise ConversionError(f"no MAR preset has these sizes: {found}; give --preset to force one")
+
+
+def mar_state_dicts(content: dict, weights: str) -> tuple[dict, dict]:
+    """(params state dict, EMA state dict) chosen from the file's "model" / "model_ema"."""
+    available = [k for k in ("model", "model_ema") if k in content]
+    if not available:
+        raise ConversionError(f"expected 'model' and/or 'model_ema' in the file, found keys {sorted(content)}")
+    if weights == "both":
+        if len(available) < 2:
+            raise ConversionError(f"--weights=both needs 'model' and 'model_ema'; the file has {available}: "
+                                  f"use --weights={'ema' if 'model_ema' in available else 'model'}")
+        return content["model"], content["model_ema"]
+    key = "model_ema" if weights == "ema" else "model"
+    if key not in content:
+        raise ConversionError(f"--weights={weights}: the file has no {key!r} (it has {available})")
+    return content[key], content[key]
+
+
+def convert_mar(content: dict, output: str, weights: str, preset: str | None) -> str:
+    """Writes step 0 of a marjax workdir at `output` for a published size; returns the preset."""
+    model_state, ema_state = mar_state_dicts(content, weights)
+    preset = preset or infer_mar_preset(model_state)
+    write_mar_workdir(model_state, ema_state, imagenet_mar_config(preset, cfg=1.0), output)
+    return preset
+
+
+def write_mar_workdir(model_state: dict, ema_state: dict, config: ml_collections.ConfigDict, output: str) -> None:
+    """State dicts in the reference layout -> step 0 of a workdir for the model of `config`."""
+    from marjax.builders import model_from_config, optimizer_from_config, step_plan
+    from marjax.checkpoints import RunCheckpoints
+    from marjax.models.mar_torch_layout import params_from_torch_state
+    from marjax.train_step import TrainState
+
+    model: MAR = model_from_config(config)
+    try:
+        params = params_from_torch_state(model_state, model)
+        ema_params = params_from_torch_state(ema_state, model)
+    except ValueError as e:
+        raise ConversionError(str(e)) from e
+    tx, _ = optimizer_from_config(config, step_plan(config, config.train.global_batch_size))
+    state = TrainState(step=np.zeros((), np.int32), params=params, ema_params=ema_params,
+                       opt_state=tx.init(params))
+    checkpoints = RunCheckpoints(output, keep=1)
+    if checkpoints.latest_step() is not None:
+        raise ConversionError(f"--output={output} already holds checkpoints; choose a new directory")
+    checkpoints.save(0, jax.device_put(state), None, config)
+    checkpoints.close()
+
+
+def convert_kl16(content: dict, output: str, model: AutoencoderKL = AutoencoderKL(**KL_PRESETS["kl16"])) -> None:
+    """Writes the VAE params (of `model`, by default kl16) as an Orbax checkpoint at `output`."""
+    import orbax.checkpoint as ocp
+
+    from marjax.models.kl_vae_torch_layout import params_from_torch_state
+
+    state = content.get("model", content)
+    state = {k: v for k, v in state.items() if not k.startswith("loss.")}  # training-time loss modules
+    target = jax.eval_shape(lambda: init_vae_params(model, jax.random.key(0), 32))
+    try:
+        params = params_from_torch_state(state, target)
+    except ValueError as e:
+        raise ConversionError(str(e)) from e
+    if os.path.exists(output):
+        raise ConversionError(f"--output={output} already exists; choose a new directory")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.abspath(output), params)
+    checkpointer.wait_until_finished()
+
+
+def export_torch(kind: str, directory: str, output: str) -> None:
+    """marjax weights -> a .pth in the reference layout ({"model", "model_ema"} for MAR, {"model"} for kl16)."""
+    import torch
+
+    if kind == "kl16":
+        from marjax.models.kl_vae_torch_layout import torch_state_from_params
+        from marjax.tokenizers import load_vae_params
+
+        state = {"model": torch_state_from_params(load_vae_params(AutoencoderKL(**KL_PRESETS["kl16"]), directory))}
+    else:
+        state = _mar_torch_state(directory)
+    torch.save({name: {k: torch.from_numpy(np.array(v, np.float32)) for k, v in sd.items()}
+                for name, sd in state.items()}, output)
+
+
+def _mar_torch_state(directory: str) -> dict:
+    from marjax.builders import model_from_config, optimizer_from_config, state_layout, step_plan
+    from marjax.checkpoints import RunCheckpoints
+    from marjax.models.mar_torch_layout import torch_state_from_params
+    from marjax.sharding import make_mesh
+
+    checkpoints = RunCheckpoints(directory, read_only=True)
+    step = checkpoints.latest_step()
+    if step is None:
+        raise ConversionError(f"--input={directory} holds no marjax checkpoint")
+    config = ml_collections.ConfigDict(checkpoints.saved_config(step))
+    model = model_from_config(config)
+    tx, _ = optimizer_from_config(config, step_plan(config, config.train.global_batch_size))
+    abstract, _ = state_layout(model, tx, make_mesh(), config.mesh.fsdp_min_size)
+    state = checkpoints.restore(step, abstract, None)
+    checkpoints.close()
+    return {"model": torch_state_from_params(state.params), "model_ema": torch_state_from_params(state.ema_params)}
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    try:
+        if TO.value == "torch":
+            export_torch(KIND.value, INPUT.value, OUTPUT.value)
+            print(f"wrote {OUTPUT.value}")
+            return
+        content = load_torch_file(INPUT.value, ALLOW_PICKLE.value)
+        if KIND.value == "mar":
+            preset = convert_mar(content, OUTPUT.value, WEIGHTS.value, PRESET.value)
+            print(f"wrote {preset} weights to {OUTPUT.value}/checkpoints/0; sample with\n  python -m marjax.main "
+                  f"--config=configs/{preset}.py --workdir={OUTPUT.value} --mode=sample "
+                  f"--config.tokenizer.checkpoint=<converted kl16 dir>")
+        else:
+            convert_kl16(content, OUTPUT.value)
+            print(f"wrote the KL-16 VAE to {OUTPUT.value}; use --config.tokenizer.checkpoint={OUTPUT.value}")
+    except ConversionError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)

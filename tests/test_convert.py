@@ -1,0 +1,145 @@
+"""Converters: reference-layout files -> marjax checkpoints, preset inference, and the way back.
+
+Uses the parity fixtures' small reference models (numbers produced by LTH14/mar), so outputs
+of converted weights are checked against the reference, not against marjax itself.
+"""
+import argparse
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from marjax import convert
+from marjax.config_base import base_config
+from marjax.models import kl_vae_torch_layout, mar_torch_layout
+from marjax.models.kl_vae import AutoencoderKL
+from marjax.models.mar import PRESETS, init_params, mar_preset
+from marjax.tokenizers import KLTokenizer, load_vae_params
+
+torch = pytest.importorskip("torch")
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+TINY_VAE = AutoencoderKL(embed_dim=4, ch=32, ch_mult=(2, 1), num_res_blocks=1, attn_resolutions=(8,), resolution=16)
+
+
+def fixture(name: str) -> dict:
+    with np.load(os.path.join(FIXTURES, name)) as data:
+        return {k: data[k] for k in data.files}
+
+
+def mar_reference_state() -> dict:
+    return {k[len("param/"):]: v.astype(np.float32) for k, v in fixture("mar_tiny_reference.npz").items()
+            if k.startswith("param/")}
+
+
+def tiny_mar_config():
+    """The MAR fixture's model (8x8 latents of 4 channels, patch 2, widths 32/48) as a config."""
+    c = base_config()
+    c.data.update(image_size=8, channels=4, num_classes=10)
+    c.tokenizer.name = "pixels"
+    c.model.update(patch_size=2, encoder_width=32, encoder_depth=2, encoder_heads=4, decoder_width=48,
+                   decoder_depth=2, decoder_heads=2, buffer_size=4, diffloss_depth=2, diffloss_width=24)
+    return c
+
+
+def save_pth(path, content):
+    torch.save(jax.tree.map(lambda v: torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v,
+                            content), path)
+
+
+def test_pickled_objects_need_an_explicit_opt_in(tmp_path):
+    path = str(tmp_path / "ckpt.pth")
+    save_pth(path, {"model": {"w": np.ones(2, np.float32)}, "args": argparse.Namespace(lr=1.0)})
+    with pytest.raises(convert.ConversionError, match="--allow_pickle"):
+        convert.load_torch_file(path)
+    content = convert.load_torch_file(path, allow_pickle=True)
+    np.testing.assert_array_equal(content["model"]["w"], [1.0, 1.0])
+    with pytest.raises(convert.ConversionError, match="no such file"):
+        convert.load_torch_file(str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_is_inferred_from_shapes(preset):
+    shapes = jax.eval_shape(lambda: init_params(mar_preset(preset), jax.random.key(0)))
+    state = mar_torch_layout.torch_state_from_params(
+        jax.tree.map(lambda s: np.broadcast_to(np.float32(0), s.shape), shapes))
+    assert convert.infer_mar_preset(state) == preset
+
+
+def test_unknown_sizes_and_non_mar_files_are_named():
+    state = mar_reference_state()
+    with pytest.raises(convert.ConversionError, match="no MAR preset has these sizes"):
+        convert.infer_mar_preset(state)
+    with pytest.raises(convert.ConversionError, match="not a MAR state dict"):
+        convert.infer_mar_preset({"encoder.conv_in.weight": np.zeros((1,))})
+
+
+def test_weight_copies_are_chosen_explicitly():
+    a, b = {"x": np.zeros(1)}, {"x": np.ones(1)}
+    assert convert.mar_state_dicts({"model": a, "model_ema": b}, "both") == (a, b)
+    assert convert.mar_state_dicts({"model": a, "model_ema": b}, "ema") == (b, b)
+    with pytest.raises(convert.ConversionError, match="use --weights=model"):
+        convert.mar_state_dicts({"model": a}, "both")
+
+
+def test_mar_round_trip_through_torch_layout_is_exact():
+    from marjax.builders import model_from_config
+
+    state = mar_reference_state()
+    params = mar_torch_layout.params_from_torch_state(state, model_from_config(tiny_mar_config()))
+    back = mar_torch_layout.torch_state_from_params(params)
+    assert sorted(back) == sorted(state)
+    for key in state:
+        np.testing.assert_array_equal(back[key], state[key])
+
+
+def test_converted_mar_workdir_restores_and_exports_back(tmp_path):
+    from marjax.builders import model_from_config, optimizer_from_config, state_layout, step_plan
+    from marjax.checkpoints import RunCheckpoints
+    from marjax.sharding import make_mesh
+
+    state = mar_reference_state()
+    ema = {k: v + 1.0 for k, v in state.items()}
+    config = tiny_mar_config()
+    workdir = str(tmp_path / "converted")
+    convert.write_mar_workdir(state, ema, config, workdir)
+    model = model_from_config(config)
+    tx, _ = optimizer_from_config(config, step_plan(config, 64))
+    abstract, _ = state_layout(model, tx, make_mesh(), config.mesh.fsdp_min_size)
+    checkpoints = RunCheckpoints(workdir, read_only=True)
+    checkpoints.check_compatible(0, abstract.params, config)
+    restored = checkpoints.restore(0, abstract, None)
+    checkpoints.close()
+    np.testing.assert_array_equal(restored.params["z_proj"]["kernel"], state["z_proj.weight"].T)
+    np.testing.assert_array_equal(restored.ema_params["z_proj"]["kernel"], ema["z_proj.weight"].T)
+    out = str(tmp_path / "back.pth")
+    convert.export_torch("mar", workdir, out)
+    back = torch.load(out, weights_only=True)
+    assert sorted(back["model"]) == sorted(state)
+    np.testing.assert_array_equal(back["model_ema"]["diffloss.net.res_blocks.1.adaLN_modulation.1.weight"].numpy(),
+                                  ema["diffloss.net.res_blocks.1.adaLN_modulation.1.weight"])
+    with pytest.raises(convert.ConversionError, match="already holds checkpoints"):
+        convert.write_mar_workdir(state, ema, config, workdir)
+
+
+def test_converted_vae_matches_the_reference_through_the_tokenizer(tmp_path):
+    reference = fixture("kl_vae_tiny_reference.npz")
+    state = {k[len("state/"):]: v.astype(np.float32) for k, v in reference.items() if k.startswith("state/")}
+    path = str(tmp_path / "vae.ckpt")
+    save_pth(path, {"model": state})
+    directory = str(tmp_path / "vae")
+    convert.convert_kl16(convert.load_torch_file(path), directory, model=TINY_VAE)
+    tokenizer = KLTokenizer(TINY_VAE, load_vae_params(TINY_VAE, directory), scale=0.5)
+    decoded = tokenizer.decode(jnp.asarray(reference["latents"]) * 0.5)
+    np.testing.assert_allclose(decoded, reference["decoded"], rtol=1e-4, atol=1e-4)
+    # Encoding samples the reference posterior with the given key, then scales.
+    mean, logvar = np.split(reference["moments"], 2, axis=-1)
+    key = jax.random.key(7)
+    expected = mean + np.exp(0.5 * np.clip(logvar, -30, 20)) * np.asarray(jax.random.normal(key, mean.shape))
+    np.testing.assert_allclose(tokenizer.encode(jnp.asarray(reference["images"]), key) / 0.5, expected,
+                               rtol=1e-4, atol=1e-4)
+    back = kl_vae_torch_layout.torch_state_from_params(load_vae_params(TINY_VAE, directory))
+    assert sorted(back) == sorted(state)
+    for key in state:
+        np.testing.assert_array_equal(back[key], state[key])
