@@ -18,11 +18,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "tfds"            # "tfds" | "image_folder" | "digits"
+    c.data.source = "tfds"            # "tfds" | "image_folder" | "digits" | "cached_latents"
     c.data.tfds_name = "imagenet2012"
     c.data.tfds_data_dir = config_dict.placeholder(str)  # None: TFDS's default (~/tensorflow_datasets)
     c.data.split = "train"
-    c.data.path = ""                  # image_folder: a directory of class subfolders
+    c.data.path = ""                  # image_folder: class subfolders; cached_latents: the cache
     c.data.image_size = 256
     c.data.channels = 3
     c.data.num_classes = 1000

@@ -5,6 +5,7 @@ bare AttributeError); `validate` catches values that cannot work together.
 """
 import difflib
 import importlib.util
+import sys
 from collections.abc import Sequence
 
 import ml_collections
@@ -12,7 +13,7 @@ import ml_collections
 from marjax.tokenizers import check_available, tokenizer_spec
 
 CHOICES = {
-    "data.source": ("tfds", "image_folder", "digits"),
+    "data.source": ("tfds", "image_folder", "digits", "cached_latents"),
     "model.dtype": ("float32", "bfloat16"),
     "train.lr_schedule": ("constant", "cosine"),
     "sample.cfg_schedule": ("linear", "constant"),
@@ -68,6 +69,20 @@ def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str]) -> N
         raise ConfigError("\n".join(lines) + "\nvalid keys:\n  " + "\n  ".join(valid))
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing (for `app.run(flags_parser=...)`), after checking every --config.<key>
+    against the config file so a misspelt key exits with the valid ones."""
+    from absl import flags
+
+    specs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+    if specs:
+        try:
+            check_overrides(load_config_file(specs[-1]), argv[1:])
+        except ConfigError as e:
+            sys.exit(f"error: {e}")
+    return flags.FLAGS(argv)
+
+
 def _suggestion(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -84,6 +99,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         check_available(config.tokenizer.name, config.tokenizer.checkpoint)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if config.data.source == "cached_latents" and config.tokenizer.name == "pixels":
+        raise ConfigError("data.source='cached_latents' holds VAE posteriors: set tokenizer.name to the "
+                          "tokenizer that wrote them (e.g. 'kl16')")
     unit = spec.stride * config.model.patch_size
     if config.data.image_size % unit:
         raise ConfigError(

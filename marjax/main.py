@@ -22,17 +22,6 @@ MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "Train (and resum
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, after checking every --config.<key> against the config file."""
-    specs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
-    if specs:
-        try:
-            config_checks.check_overrides(config_checks.load_config_file(specs[-1]), argv[1:])
-        except config_checks.ConfigError as e:
-            sys.exit(f"error: {e}")
-    return flags.FLAGS(argv)
-
-
 class _QuietLibraries(std_logging.Filter):
     """Drops the INFO chatter of libraries that log every save phase (orbax); warnings pass."""
 
@@ -67,4 +56,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=config_checks.parse_flags)

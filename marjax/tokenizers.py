@@ -71,6 +71,11 @@ class KLTokenizer:
     def encode(self, images: jax.Array, rng: jax.Array) -> jax.Array:
         """(B, H, W, 3) in [-1, 1] -> (B, H/16, W/16, 16) scaled posterior samples."""
         moments = self.model.apply({"params": self.params}, images, method=AutoencoderKL.moments)
+        return self.latents_from_moments(moments, rng)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def latents_from_moments(self, moments: jax.Array, rng: jax.Array) -> jax.Array:
+        """(B, h, w, 32) posterior moments (e.g. from a latent cache) -> scaled posterior samples."""
         return Posterior.from_moments(moments).sample(rng) * self.scale
 
     @functools.partial(jax.jit, static_argnums=0)

@@ -130,7 +130,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 logging.warning("preempted: saved the checkpoint at step %d; resume with the same command", step)
                 return state
             batch = global_batch(next(data_iterator), batch_shard)
-            latents = tokenizer.encode(batch["images"], jax.random.fold_in(encode_key, step))
+            encode_rng = jax.random.fold_in(encode_key, step)
+            if "moments" in batch:  # a latent cache: sample the stored posterior, as encoding would
+                latents = tokenizer.latents_from_moments(batch["moments"], encode_rng)
+            else:
+                latents = tokenizer.encode(batch["images"], encode_rng)
             batch = {"latents": latents, "labels": batch["labels"]}
             state, metrics = train_step(state, batch, train_key)
             check_and_log(plan.total_steps)  # the previous step's metrics, while this one runs

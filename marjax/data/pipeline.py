@@ -16,13 +16,18 @@ from marjax.data.sources import DataError
 
 
 def _flip(record: dict, rng: np.random.Generator) -> dict:
-    """Horizontal flip with probability 1/2 (the image is (H, W, C))."""
+    """With probability 1/2: mirror the image (H, W, C), or take the cached flip's posterior."""
     if rng.random() < 0.5:
+        if "moments" in record:
+            return {**record, "moments": record["moments_flip"]}
         return {**record, "image": record["image"][:, ::-1]}
     return record
 
 
 def _to_model_inputs(record: dict) -> dict:
+    """Images -> "images" in [-1, 1]; cached latents -> their posterior "moments"; and "labels"."""
+    if "moments" in record:
+        return {"moments": np.asarray(record["moments"], np.float32), "labels": np.int32(record["label"])}
     return {"images": to_model_range(record["image"]), "labels": np.int32(record["label"])}
 
 
@@ -31,8 +36,9 @@ def make_dataset(source: Sequence[dict], *, global_batch_size: int, seed: int, r
                  worker_count: int = 0, prefetch_buffer_size: int = 2) -> grain.IterDataset:
     """An endless dataset of this process's batches.
 
-    Each element: {"images": (local_batch, H, W, C) float32 in [-1, 1], "labels": (local_batch,)
-    int32}, local_batch = global_batch_size / process_count. Epochs are reshuffled with a seed
+    Each element: {"images": (local_batch, H, W, C) float32 in [-1, 1] (or, from a latent cache,
+    "moments": (local_batch, h, w, 2c)), "labels": (local_batch,) int32}, local_batch =
+    global_batch_size / process_count. Epochs are reshuffled with a seed
     derived from `seed`; flips are drawn per record and epoch, so they too are reproducible.
     """
     process_index = jax.process_index() if process_index is None else process_index

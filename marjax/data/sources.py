@@ -126,7 +126,7 @@ class TfdsSource:
 
 
 def make_source(data_config) -> Sequence[dict]:
-    """The source named by `config.data.source` ("digits", "image_folder", "tfds")."""
+    """The source named by `config.data.source` ("digits", "image_folder", "tfds", "cached_latents")."""
     kind = data_config.source
     if kind == "digits":
         if data_config.channels != 1 or data_config.num_classes != 10:
@@ -140,4 +140,8 @@ def make_source(data_config) -> Sequence[dict]:
             raise DataError("TFDS image sources are read as RGB: set data.channels=3")
         return TfdsSource(data_config.tfds_name, data_config.split, data_config.image_size,
                           data_config.tfds_data_dir)
-    raise DataError(f"unknown data.source {kind!r}; choose 'digits', 'image_folder' or 'tfds'")
+    if kind == "cached_latents":
+        from marjax.latent_cache import CachedLatentSource
+
+        return CachedLatentSource(data_config.path)
+    raise DataError(f"unknown data.source {kind!r}; choose 'digits', 'image_folder', 'tfds' or 'cached_latents'")
