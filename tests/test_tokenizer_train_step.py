@@ -1,0 +1,57 @@
+"""The tokenizer train step: loss pieces, and reconstruction falling while training on the digits."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from marjax.data.sources import DigitsSource
+from marjax.models.kl_vae import AutoencoderKL
+from marjax.models.patch_discriminator import PatchDiscriminator
+from marjax.models.vq_tokenizer import VQModel
+from marjax.tokenizer_train_step import (TokenizerLoss, adaptive_weight, create_tokenizer_state, hinge_d_loss,
+                                         make_tokenizer_train_step)
+
+
+def test_hinge_loss_and_adaptive_weight():
+    real, fake = jnp.array([2.0, 0.5]), jnp.array([-2.0, 0.0])
+    np.testing.assert_allclose(hinge_d_loss(real, fake), 0.5 * ((0 + 0.5) / 2 + (0 + 1.0) / 2))
+    np.testing.assert_allclose(adaptive_weight(jnp.array([3.0, 0.0]), jnp.array([0.0, 4.0]), 0.5),
+                               0.5 * 3.0 / (4.0 + 1e-4), rtol=1e-6)
+    np.testing.assert_allclose(adaptive_weight(jnp.ones(2), jnp.zeros(2), 1.0), 1e4)
+
+
+def digits_batch(n=16):
+    source = DigitsSource(image_size=16)
+    return {"images": jnp.asarray(np.stack([source[i]["image"] for i in range(n)]), jnp.float32) / 127.5 - 1.0}
+
+
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_reconstruction_falls_while_training_on_digits(kind):
+    backbone = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), image_channels=1, resolution=16)
+    model = (AutoencoderKL(embed_dim=4, **backbone) if kind == "kl"
+             else VQModel(z_channels=32, codebook_size=64, code_dim=4, **backbone))
+    disc = PatchDiscriminator(ndf=16, num_layers=2)
+    tx, disc_tx = optax.adam(2e-3, 0.5, 0.9), optax.adam(2e-3, 0.5, 0.9)
+    batch = digits_batch()
+    state = create_tokenizer_state(model, disc, tx, disc_tx, batch["images"], jax.random.key(0))
+    traces = []
+
+    def counted(*args):
+        traces.append(1)
+        return make_tokenizer_train_step(model, disc, tx, disc_tx, TokenizerLoss(disc_start=20))(*args)
+
+    step = jax.jit(counted)
+    history = []
+    for _ in range(30):
+        state, metrics = step(state, batch, jax.random.key(1))
+        history.append(jax.device_get(metrics))
+    assert len(traces) == 1
+    first, last = history[0]["rec_loss"], np.mean([h["rec_loss"] for h in history[-5:]])
+    assert last < 0.6 * first, (first, last)
+    assert all(h["d_loss"] == 0.0 for h in history[:20]) and all(h["d_loss"] > 0.0 for h in history[20:])
+    assert all(np.isfinite(h["d_weight"]) and h["d_weight"] > 0 for h in history)
+    if kind == "vq":
+        assert 0 < history[-1]["codebook_usage"] <= 1 and history[-1]["perplexity"] >= 1
+    else:
+        assert history[-1]["kl"] > 0
