@@ -16,6 +16,7 @@ def base_config() -> ml_collections.ConfigDict:
     """The defaults: a MAR-L-sized transformer on ImageNet-256 KL-16 latents, reference recipe."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.task = "mar"                    # "mar" | "tokenizer" (train the `vae` section's autoencoder)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "tfds"            # "tfds" | "image_folder" | "digits" | "cached_latents"
@@ -51,6 +52,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.diffloss_width = 1024
     c.model.dtype = "float32"         # compute dtype: "float32" | "bfloat16" (params stay fp32)
     c.model.attention_impl = config_dict.placeholder(str)  # None: XLA; "cudnn" on GPUs
+
+    # The autoencoder a `task="tokenizer"` run trains (defaults: MAR's KL-16 architecture).
+    c.vae = ml_collections.ConfigDict()
+    c.vae.kind = "kl"                 # "kl" | "vq"
+    c.vae.ch = 128
+    c.vae.ch_mult = (1, 1, 2, 2, 4)
+    c.vae.num_res_blocks = 2
+    c.vae.attn_resolutions = (16,)
+    c.vae.resolution = 256
+    c.vae.embed_dim = 16              # kl: latent channels
+    c.vae.z_channels = 256            # vq: encoder output width
+    c.vae.codebook_size = 16384
+    c.vae.code_dim = 8
+    c.vae.l2_normalize = True
+    c.vae.reconstruction = "l1"       # "l1" | "l2"
+    c.vae.kl_weight = 1e-6
+    c.vae.codebook_weight = 1.0
+    c.vae.disc_weight = 0.5
+    c.vae.disc_start = 50_001
+    c.vae.disc_ndf = 64
+    c.vae.disc_layers = 3
+    c.vae.perceptual_weight = 0.0     # > 0 needs a feature-network weight file (not in this version)
 
     c.train = ml_collections.ConfigDict()
     c.train.global_batch_size = 2048

@@ -13,6 +13,9 @@ import ml_collections
 from marjax.tokenizers import check_available, tokenizer_spec
 
 CHOICES = {
+    "task": ("mar", "tokenizer"),
+    "vae.kind": ("kl", "vq"),
+    "vae.reconstruction": ("l1", "l2"),
     "data.source": ("tfds", "image_folder", "digits", "cached_latents"),
     "model.dtype": ("float32", "bfloat16"),
     "train.lr_schedule": ("constant", "cosine"),
@@ -90,10 +93,13 @@ def _suggestion(key: str, valid: list[str]) -> str:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError for values that cannot run together (choices, sizes, intervals)."""
+    values = dict(config_items(config))
     for key, choices in CHOICES.items():
-        section, field = key.split(".")
-        if config[section][field] not in choices:
-            raise ConfigError(f"{key}={config[section][field]!r}; choose one of {list(choices)}")
+        if values[key] not in choices:
+            raise ConfigError(f"{key}={values[key]!r}; choose one of {list(choices)}")
+    if config.vae.perceptual_weight > 0:
+        raise ConfigError("vae.perceptual_weight > 0 needs a perceptual feature network, which this version "
+                          "cannot load yet; train with vae.perceptual_weight=0")
     try:
         spec = tokenizer_spec(config.tokenizer.name, config.data.channels)
         check_available(config.tokenizer.name, config.tokenizer.checkpoint)

@@ -97,6 +97,9 @@ def sample_from_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
     from marjax.tokenizers import make_tokenizer
 
     config_checks.validate(config)
+    if config.task != "mar":
+        raise config_checks.ConfigError("--mode=sample generates with MAR; a tokenizer run writes its "
+                                        "reconstruction grids to <workdir>/samples while training")
     labels = sample_labels(config.sample.num_images, config.data.num_classes, config.sample.classes)
     tokenizer = make_tokenizer(config.tokenizer.name, config.tokenizer.checkpoint, config.tokenizer.scale)
     model = model_from_config(config)

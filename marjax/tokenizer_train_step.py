@@ -121,7 +121,7 @@ def make_tokenizer_train_step(model: AutoencoderKL | VQModel, disc: PatchDiscrim
         def generator_loss(params):
             nll, g_loss, regulariser, recon, extra = generator_terms(params)
             total = nll + regulariser + d_weight * disc_on * g_loss
-            return total, (recon, {**extra, "nll": nll, "g_loss": g_loss, "generator_loss": total})
+            return total, (recon, {**extra, "nll": nll, "g_loss": g_loss, "loss": total})
 
         (_, (recon, metrics)), grads = jax.value_and_grad(generator_loss, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

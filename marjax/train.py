@@ -1,8 +1,9 @@
 """The training program: `train_and_evaluate(config, workdir)`, read top to bottom.
 
 1. Check the config and open the data (fails before anything compiles).
-2. Build the model, optimizer and mesh; restore the latest checkpoint of the workdir (state and
-   data position) or initialise, sharded by the mesh.
+2. Build the mesh and the task (`config.task`: MAR or a tokenizer; its model, optimizer, state
+   layout and step live in `marjax.tasks`); restore the latest checkpoint of the workdir (state
+   and data position) or initialise, sharded by the mesh.
 3. Steps, with periodic actions: metrics to TensorBoard and the log, progress (steps/s, ETA),
    sample grids, asynchronous checkpoints.
 
@@ -11,7 +12,7 @@ in a message is the update that turns state N into N + 1. A NaN/Inf loss stops t
 its state can be saved (the last good checkpoint stays); SIGTERM saves and returns normally.
 """
 import signal
-import time
+from typing import Any
 
 import jax
 import ml_collections
@@ -21,14 +22,13 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
 from marjax import config_checks
-from marjax.builders import model_from_config, optimizer_from_config, state_layout, step_plan
+from marjax.builders import step_plan
 from marjax.checkpoints import RunCheckpoints
 from marjax.data.pipeline import global_batch, make_dataset
 from marjax.data.sources import make_source
-from marjax.sample import sample_images, sample_labels, write_samples
+from marjax.sample import write_samples
 from marjax.sharding import batch_sharding, make_mesh, replicated
-from marjax.tokenizers import make_tokenizer
-from marjax.train_step import TrainState, create_train_state, make_train_step
+from marjax.tasks import make_task
 
 
 class TrainingDiverged(FloatingPointError):
@@ -55,20 +55,17 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     """Trains until `train.num_steps` (or `train.num_epochs`), resuming from `workdir` if it holds
     checkpoints. Returns the final state (the state saved at preemption, if preempted)."""
     config_checks.validate(config)
     source = make_source(config.data)
-    tokenizer = make_tokenizer(config.tokenizer.name, config.tokenizer.checkpoint, config.tokenizer.scale)
-    model = model_from_config(config)
     plan = step_plan(config, len(source))
-    tx, schedule = optimizer_from_config(config, plan)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
-    abstract_state, shardings = state_layout(model, tx, mesh, config.mesh.fsdp_min_size)
-    logging.info("model: %d parameters; %d records, %d steps per epoch, %d steps (%d warmup), peak lr %g; "
-                 "mesh %s", sum(x.size for x in jax.tree.leaves(abstract_state.params)), len(source),
-                 plan.steps_per_epoch, plan.total_steps, plan.warmup_steps, plan.peak_lr, dict(mesh.shape))
+    task = make_task(config, plan, mesh, source)
+    logging.info("%s: %d parameters; %d records, %d steps per epoch, %d steps (%d warmup), peak lr %g; mesh %s",
+                 config.task, task.num_params, len(source), plan.steps_per_epoch, plan.total_steps,
+                 plan.warmup_steps, plan.peak_lr, dict(mesh.shape))
 
     data_iterator = iter(make_dataset(
         source, global_batch_size=config.train.global_batch_size, seed=config.seed,
@@ -78,25 +75,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     init_key, train_key, sample_key, encode_key = jax.random.split(jax.random.key(config.seed), 4)
     latest = checkpoints.latest_step()
     if latest is None:
-        state = jax.jit(lambda key: create_train_state(model, tx, key), out_shardings=shardings)(init_key)
+        state = jax.jit(task.init, out_shardings=task.shardings)(init_key)
     else:
-        checkpoints.check_compatible(latest, abstract_state.params, config)
-        state = checkpoints.restore(latest, abstract_state, data_iterator)
+        checkpoints.check_compatible(latest, task.abstract_state.params, config)
+        state = checkpoints.restore(latest, task.abstract_state, data_iterator)
         logging.info("resumed from the checkpoint at step %d in %s", latest, checkpoints.directory)
 
     batch_shard, rep = batch_sharding(mesh), replicated(mesh)
-    train_step = jax.jit(
-        make_train_step(model, tx, schedule, mask_ratio_min=config.train.mask_ratio_min,
-                        label_drop_prob=config.train.label_drop_prob,
-                        diffusion_batch_mul=config.train.diffusion_batch_mul, ema_rate=config.train.ema_rate),
-        in_shardings=(shardings, batch_shard, rep), out_shardings=(shardings, rep), donate_argnums=0)
+    train_step = jax.jit(task.step, in_shardings=(task.shardings, batch_shard, rep),
+                         out_shardings=(task.shardings, rep), donate_argnums=0)
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if latest is None:
         writer.write_hparams({k: _scalar(v) for k, v in config_checks.config_items(config)})
     progress = periodic_actions.ReportProgress(num_train_steps=plan.total_steps, writer=writer,
                                                every_steps=config.train.log_every_steps, every_secs=None)
-    grid_labels = sample_labels(config.train.num_grid_samples, config.data.num_classes)
     step = int(state.step)
     last_saved = latest
     pending: list[tuple[int, dict]] = []  # metrics fetched one step late, so dispatch stays ahead
@@ -130,12 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 logging.warning("preempted: saved the checkpoint at step %d; resume with the same command", step)
                 return state
             batch = global_batch(next(data_iterator), batch_shard)
-            encode_rng = jax.random.fold_in(encode_key, step)
-            if "moments" in batch:  # a latent cache: sample the stored posterior, as encoding would
-                latents = tokenizer.latents_from_moments(batch["moments"], encode_rng)
-            else:
-                latents = tokenizer.encode(batch["images"], encode_rng)
-            batch = {"latents": latents, "labels": batch["labels"]}
+            batch = task.prepare_batch(batch, jax.random.fold_in(encode_key, step))
             state, metrics = train_step(state, batch, train_key)
             check_and_log(plan.total_steps)  # the previous step's metrics, while this one runs
             pending.append((step, metrics))
@@ -147,8 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 last_saved = step
             if config.train.sample_every_steps and (step % config.train.sample_every_steps == 0
                                                     or step == plan.total_steps):
-                images = sample_images(model, state.ema_params, grid_labels, sample_key, config.sample, tokenizer)
-                path = write_samples(f"{workdir}/samples", f"train_step_{step}", images, grid_labels)
+                images, labels = task.visualize(state, sample_key)
+                path = write_samples(f"{workdir}/samples", f"train_step_{step}", images, labels)
                 writer.write_images(step, {"samples": images})
                 logging.info("step %d: sample grid written to %s", step, path)
         check_and_log(plan.total_steps)

@@ -55,3 +55,26 @@ def test_reconstruction_falls_while_training_on_digits(kind):
         assert 0 < history[-1]["codebook_usage"] <= 1 and history[-1]["perplexity"] >= 1
     else:
         assert history[-1]["kl"] > 0
+
+
+def test_tokenizer_training_through_the_cli_checkpoints_and_resumes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_main_program import REPO, env, losses, saved_steps
+
+    base = [sys.executable, "-m", "marjax.main", "--config=configs/digits_vae.py", f"--workdir={tmp_path}",
+            "--config.vae.ch_mult=(1,)", "--config.vae.disc_start=2", "--config.train.log_every_steps=1",
+            "--config.train.checkpoint_every_steps=2", "--config.train.global_batch_size=16",
+            "--config.train.num_grid_samples=4"]
+    for steps in (2, 4):
+        result = subprocess.run(base + [f"--config.train.num_steps={steps}"], cwd=REPO, env=env(),
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert saved_steps(str(tmp_path)) == [2, 4]
+    assert sorted(losses(str(tmp_path))) == [1, 2, 3, 4]
+    assert "resumed from the checkpoint at step 2" in result.stderr
+    assert os.path.exists(tmp_path / "samples" / "train_step_4.png")
+    sample = subprocess.run(base + ["--mode=sample"], cwd=REPO, env=env(), capture_output=True, text=True)
+    assert sample.returncode != 0 and "--mode=sample generates with MAR" in sample.stderr

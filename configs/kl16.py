@@ -1,0 +1,26 @@
+"""Train a KL-16 VAE (MAR's tokenizer architecture, 66.46M params) on ImageNet 256, LDM recipe.
+
+  python -m marjax.main --config=configs/kl16.py --workdir=/ckpt/kl16_train \
+      --config.data.tfds_data_dir=/path/to/tensorflow_datasets
+
+L1 reconstruction, KL weight 1e-6, PatchGAN hinge loss weight 0.5 from step 50,001, Adam
+(0.5, 0.9). The LDM recipe adds an LPIPS perceptual loss (weight 1.0); marjax cannot load a
+perceptual network yet, so this config trains without it and will not reach the published rFID.
+"""
+from marjax.config_base import base_config
+
+
+def get_config(arg: str | None = None):
+    del arg
+    c = base_config()
+    c.task = "tokenizer"
+    c.tokenizer.name = "pixels"  # a tokenizer run trains on the images themselves
+    c.train.global_batch_size = 256
+    c.train.base_lr = 4.5e-6 * 256  # LDM: lr = 4.5e-6 x batch; base_lr x batch / 256 gives the same
+    c.train.num_epochs = 40.0
+    c.train.warmup_epochs = 0.0
+    c.train.b1, c.train.b2 = 0.5, 0.9
+    c.train.grad_clip = 0.0
+    c.train.ema_rate = 0.999
+    c.train.sample_every_steps = 5000
+    return c

@@ -1,0 +1,125 @@
+"""What the training program needs from each kind of model (`config.task`).
+
+A `Task` bundles the state layout, initialisation, the pure train step, how a global batch
+becomes the step's batch, and the images shown during training. `train.py` runs any task the
+same way: MAR on images, cached latents or pixels; or a tokenizer (KL or VQ autoencoder with
+its PatchGAN discriminator) on images.
+"""
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from marjax.builders import StepPlan, model_from_config, optimizer_from_config, state_layout
+from marjax.data.image_ops import to_model_range, to_uint8
+from marjax.models.kl_vae import AutoencoderKL
+from marjax.models.patch_discriminator import PatchDiscriminator
+from marjax.models.vq_tokenizer import VQModel
+from marjax.sample import sample_images, sample_labels
+from marjax.sharding import state_shardings
+from marjax.tokenizer_train_step import TokenizerLoss, create_tokenizer_state, make_tokenizer_train_step
+from marjax.tokenizers import make_tokenizer
+from marjax.train_step import create_train_state, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """abstract_state: shapes with shardings attached; shardings: the NamedSharding tree;
+    init(key) -> state; step(state, batch, rng) -> (state, metrics with "loss" and "grad_norm");
+    prepare_batch(global batch, key) -> the step's batch; visualize(state, key) -> (images
+    (N, H, W, C) uint8, labels (N,)); num_params: parameters of the trained model."""
+
+    abstract_state: Any
+    shardings: Any
+    init: Callable[[jax.Array], Any]
+    step: Callable
+    prepare_batch: Callable[[dict, jax.Array], dict]
+    visualize: Callable[[Any, jax.Array], tuple[np.ndarray, np.ndarray]]
+    num_params: int
+
+
+def make_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.sharding.Mesh,
+              source: Sequence[dict]) -> Task:
+    return (mar_task if config.task == "mar" else tokenizer_task)(config, plan, mesh, source)
+
+
+def mar_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.sharding.Mesh,
+             source: Sequence[dict]) -> Task:
+    """MAR on tokenizer latents (encoded on the fly or sampled from a latent cache)."""
+    del source
+    tokenizer = make_tokenizer(config.tokenizer.name, config.tokenizer.checkpoint, config.tokenizer.scale)
+    model = model_from_config(config)
+    tx, schedule = optimizer_from_config(config, plan)
+    abstract_state, shardings = state_layout(model, tx, mesh, config.mesh.fsdp_min_size)
+    t = config.train
+    step = make_train_step(model, tx, schedule, mask_ratio_min=t.mask_ratio_min, label_drop_prob=t.label_drop_prob,
+                           diffusion_batch_mul=t.diffusion_batch_mul, ema_rate=t.ema_rate)
+
+    def prepare_batch(batch: dict, key: jax.Array) -> dict:
+        if "moments" in batch:  # a latent cache: sample the stored posterior, as encoding would
+            latents = tokenizer.latents_from_moments(batch["moments"], key)
+        else:
+            latents = tokenizer.encode(batch["images"], key)
+        return {"latents": latents, "labels": batch["labels"]}
+
+    labels = sample_labels(t.num_grid_samples, config.data.num_classes)
+
+    def visualize(state, key):
+        return sample_images(model, state.ema_params, labels, key, config.sample, tokenizer), labels
+
+    return Task(abstract_state, shardings, lambda key: create_train_state(model, tx, key), step, prepare_batch,
+                visualize, sum(x.size for x in jax.tree.leaves(abstract_state.params)))
+
+
+def vae_from_config(config: ml_collections.ConfigDict) -> AutoencoderKL | VQModel:
+    """The autoencoder of `config.vae` for `data.channels`-channel images."""
+    v = config.vae
+    backbone = dict(ch=v.ch, ch_mult=tuple(v.ch_mult), num_res_blocks=v.num_res_blocks,
+                    attn_resolutions=tuple(v.attn_resolutions), image_channels=config.data.channels,
+                    resolution=v.resolution)
+    if v.kind == "kl":
+        return AutoencoderKL(embed_dim=v.embed_dim, **backbone)
+    return VQModel(z_channels=v.z_channels, codebook_size=v.codebook_size, code_dim=v.code_dim,
+                   l2_normalize=v.l2_normalize, **backbone)
+
+
+def tokenizer_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.sharding.Mesh,
+                   source: Sequence[dict]) -> Task:
+    """An autoencoder and its discriminator; the grid shows real images next to EMA reconstructions."""
+    v, t = config.vae, config.train
+    model = vae_from_config(config)
+    disc = PatchDiscriminator(v.disc_ndf, v.disc_layers)
+    _, schedule = optimizer_from_config(config, plan)
+    tx = optax.chain(optax.clip_by_global_norm(t.grad_clip), optax.adam(schedule, t.b1, t.b2)) if t.grad_clip \
+        else optax.adam(schedule, t.b1, t.b2)
+    disc_tx = optax.adam(schedule, t.b1, t.b2)
+    example = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels))
+    init = functools.partial(create_tokenizer_state, model, disc, tx, disc_tx, example)
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    shardings = state_shardings(shapes, mesh, config.mesh.fsdp_min_size)
+    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+    loss = TokenizerLoss(reconstruction=v.reconstruction, kl_weight=v.kl_weight, codebook_weight=v.codebook_weight,
+                         disc_weight=v.disc_weight, disc_start=v.disc_start)
+    step = make_tokenizer_train_step(model, disc, tx, disc_tx, loss, t.ema_rate)
+    count = min(t.num_grid_samples, len(source))
+    originals = np.stack([to_model_range(source[i]["image"]) for i in range(count)])
+
+    @jax.jit
+    def reconstruct(ema_params, images, key):
+        if isinstance(model, AutoencoderKL):
+            return model.apply({"params": ema_params}, images, key)[0]
+        return model.apply({"params": ema_params}, images)[0]
+
+    def visualize(state, key):
+        recon = to_uint8(jax.device_get(reconstruct(state.ema_params, jnp.asarray(originals), key)))
+        pairs = np.stack([to_uint8(originals), recon], axis=1).reshape((2 * count,) + recon.shape[1:])
+        return pairs, np.repeat(np.arange(count, dtype=np.int32), 2)  # one row per (original, reconstruction)
+
+    return Task(abstract_state, shardings, init, step, lambda batch, key: {"images": batch["images"]}, visualize,
+                sum(x.size for x in jax.tree.leaves(abstract_state.params["model"])))
