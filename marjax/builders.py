@@ -16,7 +16,7 @@ from marjax.train_step import TrainState, create_train_state, learning_rate_sche
 
 def model_from_config(config: ml_collections.ConfigDict) -> MAR:
     """The MAR module of `config.model`, its token grid derived from the image size and tokenizer."""
-    spec = tokenizer_spec(config.tokenizer.name, config.data.channels)
+    spec = tokenizer_spec(config)
     fields = dict(config.model)
     fields["dtype"] = jnp.dtype(fields["dtype"])
     return MAR(latent_size=config.data.image_size // spec.stride, latent_channels=spec.channels,

@@ -28,9 +28,9 @@ def main(argv: list[str]) -> None:
     config: ml_collections.ConfigDict = CONFIG.value
     try:
         config_checks.validate(config)
-        tokenizer = make_tokenizer(config.tokenizer.name, config.tokenizer.checkpoint, config.tokenizer.scale)
+        tokenizer = make_tokenizer(config)
         if not isinstance(tokenizer, KLTokenizer):
-            raise config_checks.ConfigError("latent caching needs a learned tokenizer (tokenizer.name='kl16')")
+            raise config_checks.ConfigError("latent caching needs a learned tokenizer (tokenizer.name 'kl16' or 'vae')")
         source = make_source(config.data)
     except (config_checks.ConfigError, DataError) as e:
         raise SystemExit(f"error: {e}") from e

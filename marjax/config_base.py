@@ -32,8 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prefetch_buffer_size = 2
 
     c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.name = "kl16"         # "pixels" (pixel-patch tokens) | "kl16"
-    c.tokenizer.checkpoint = ""       # weights file of a learned tokenizer
+    c.tokenizer.name = "kl16"         # "pixels" (pixel-patch tokens) | "kl16" | "vae" (the `vae` section)
+    c.tokenizer.checkpoint = ""       # kl16: converted weights directory; vae: a tokenizer run's workdir
     c.tokenizer.scale = 0.2325        # latents are multiplied by this before the model sees them
 
     c.model = ml_collections.ConfigDict()

@@ -101,8 +101,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("vae.perceptual_weight > 0 needs a perceptual feature network, which this version "
                           "cannot load yet; train with vae.perceptual_weight=0")
     try:
-        spec = tokenizer_spec(config.tokenizer.name, config.data.channels)
-        check_available(config.tokenizer.name, config.tokenizer.checkpoint)
+        spec = tokenizer_spec(config)
+        check_available(config)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if config.data.source == "cached_latents" and config.tokenizer.name == "pixels":

@@ -101,7 +101,7 @@ def sample_from_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
         raise config_checks.ConfigError("--mode=sample generates with MAR; a tokenizer run writes its "
                                         "reconstruction grids to <workdir>/samples while training")
     labels = sample_labels(config.sample.num_images, config.data.num_classes, config.sample.classes)
-    tokenizer = make_tokenizer(config.tokenizer.name, config.tokenizer.checkpoint, config.tokenizer.scale)
+    tokenizer = make_tokenizer(config)
     model = model_from_config(config)
     tx, _ = optimizer_from_config(config, step_plan(config, config.train.global_batch_size))
     abstract_state, _ = state_layout(model, tx, make_mesh(config.mesh.data, config.mesh.fsdp),

@@ -20,11 +20,10 @@ from marjax.builders import StepPlan, model_from_config, optimizer_from_config, 
 from marjax.data.image_ops import to_model_range, to_uint8
 from marjax.models.kl_vae import AutoencoderKL
 from marjax.models.patch_discriminator import PatchDiscriminator
-from marjax.models.vq_tokenizer import VQModel
 from marjax.sample import sample_images, sample_labels
 from marjax.sharding import state_shardings
 from marjax.tokenizer_train_step import TokenizerLoss, create_tokenizer_state, make_tokenizer_train_step
-from marjax.tokenizers import make_tokenizer
+from marjax.tokenizers import make_tokenizer, vae_from_config
 from marjax.train_step import create_train_state, make_train_step
 
 
@@ -53,7 +52,7 @@ def mar_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.shardi
              source: Sequence[dict]) -> Task:
     """MAR on tokenizer latents (encoded on the fly or sampled from a latent cache)."""
     del source
-    tokenizer = make_tokenizer(config.tokenizer.name, config.tokenizer.checkpoint, config.tokenizer.scale)
+    tokenizer = make_tokenizer(config)
     model = model_from_config(config)
     tx, schedule = optimizer_from_config(config, plan)
     abstract_state, shardings = state_layout(model, tx, mesh, config.mesh.fsdp_min_size)
@@ -75,18 +74,6 @@ def mar_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.shardi
 
     return Task(abstract_state, shardings, lambda key: create_train_state(model, tx, key), step, prepare_batch,
                 visualize, sum(x.size for x in jax.tree.leaves(abstract_state.params)))
-
-
-def vae_from_config(config: ml_collections.ConfigDict) -> AutoencoderKL | VQModel:
-    """The autoencoder of `config.vae` for `data.channels`-channel images."""
-    v = config.vae
-    backbone = dict(ch=v.ch, ch_mult=tuple(v.ch_mult), num_res_blocks=v.num_res_blocks,
-                    attn_resolutions=tuple(v.attn_resolutions), image_channels=config.data.channels,
-                    resolution=v.resolution)
-    if v.kind == "kl":
-        return AutoencoderKL(embed_dim=v.embed_dim, **backbone)
-    return VQModel(z_channels=v.z_channels, codebook_size=v.codebook_size, code_dim=v.code_dim,
-                   l2_normalize=v.l2_normalize, **backbone)
 
 
 def tokenizer_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.sharding.Mesh,

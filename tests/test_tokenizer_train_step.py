@@ -78,3 +78,19 @@ def test_tokenizer_training_through_the_cli_checkpoints_and_resumes(tmp_path):
     assert os.path.exists(tmp_path / "samples" / "train_step_4.png")
     sample = subprocess.run(base + ["--mode=sample"], cwd=REPO, env=env(), capture_output=True, text=True)
     assert sample.returncode != 0 and "--mode=sample generates with MAR" in sample.stderr
+    # The run's EMA weights serve as the "vae" tokenizer of configs/digits_latent.py.
+    from marjax import config_checks
+    from marjax.tokenizers import KLTokenizer, make_tokenizer
+
+    config = config_checks.load_config_file(os.path.join(REPO, "configs", "digits_latent.py"))
+    config.vae.ch_mult = (1,)
+    config.tokenizer.checkpoint = str(tmp_path / "missing")
+    with pytest.raises(config_checks.ConfigError, match="holds no vae weights"):
+        config_checks.validate(config)
+    config.tokenizer.checkpoint = str(tmp_path)
+    config_checks.validate(config)
+    tokenizer = make_tokenizer(config)
+    assert isinstance(tokenizer, KLTokenizer)
+    latents = tokenizer.encode(digits_batch(4)["images"], jax.random.key(0))
+    assert latents.shape == (4, 16, 16, 4)
+    assert tokenizer.decode(latents).shape == (4, 16, 16, 1)
