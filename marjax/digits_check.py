@@ -2,7 +2,7 @@
 
   python -m marjax.digits_check --samples=/tmp/marjax-digits/samples/step_2996.npz
 
-Reads an `.npz` written by `--mode=sample` (images (N, 8, 8, 1) uint8, labels (N,)) and prints
+Reads an `.npz` written by `--mode=sample` (images (N, 8k, 8k, 1) uint8, labels (N,)) and prints
 JSON with:
 - `accuracy`: how often an RBF SVM trained on real digits (the first 1,500) labels a sample as
   the class it was requested for; `classifier_heldout_accuracy` is that SVM on the 297 real
@@ -36,11 +36,15 @@ def nearest_distance(queries: np.ndarray, references: np.ndarray) -> float:
 
 
 def check_digits(images: np.ndarray, labels: np.ndarray) -> dict:
-    """images: (N, 8, 8, 1) or (N, 8, 8) uint8 in 0..255; labels: (N,) requested classes. -> figures."""
-    images = np.asarray(images)
-    if images.shape[1:3] != (8, 8):
-        raise ValueError(f"expected 8x8 digit images, got shape {images.shape}")
-    pixels = images.reshape(len(images), 64).astype(np.float64) * (16.0 / 255.0)
+    """images: (N, 8k, 8k[, 1]) uint8 in 0..255 (k x k blocks are averaged back to 8x8, as the
+    digits were upscaled by repetition); labels: (N,) requested classes. -> figures."""
+    images = np.asarray(images, np.float64)
+    side = images.shape[1]
+    if images.shape[1] != images.shape[2] or side % 8 or (images.ndim == 4 and images.shape[3] != 1):
+        raise ValueError(f"expected square one-channel digit images of side 8k, got shape {images.shape}")
+    k = side // 8
+    images = images.reshape(len(images), 8, k, 8, k).mean(axis=(2, 4))
+    pixels = images.reshape(len(images), 64) * (16.0 / 255.0)
     digits = load_digits()
     train_x, train_y = digits.data[:NUM_TRAIN], digits.target[:NUM_TRAIN]
     heldout_x, heldout_y = digits.data[NUM_TRAIN:], digits.target[NUM_TRAIN:]

@@ -28,3 +28,11 @@ def test_wrong_labels_and_copies_are_caught():
     assert check_digits(copies, copy_labels)["nearest_train_distance"] < 0.5
     one_per_class = np.concatenate([copies[copy_labels == c][:1].repeat(20, 0) for c in range(10)])
     assert check_digits(one_per_class, np.repeat(np.arange(10), 20))["spread"] < 0.2
+
+
+def test_upscaled_digits_are_pooled_back():
+    images, labels = real_as_samples(slice(1500, None))
+    big = images.repeat(2, axis=1).repeat(2, axis=2)
+    assert check_digits(big, labels) == check_digits(images, labels)
+    with pytest.raises(ValueError, match="side 8k"):
+        check_digits(images[:, :7], labels)
