@@ -19,6 +19,6 @@ def get_config(arg: str | None = None):
     c.data.image_size = 16
     c.tokenizer.name = "vae"
     c.tokenizer.checkpoint = "/tmp/marjax-digits-vae"
-    c.tokenizer.scale = 1.0
+    c.tokenizer.scale = 0.274  # 1 / std of the digits_vae run's posterior samples over the digits (3.65)
     c.sample.clip_denoised = False  # latents have no fixed range
     return c
