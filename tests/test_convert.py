@@ -148,7 +148,6 @@ def test_converted_vae_matches_the_reference_through_the_tokenizer(tmp_path):
 def test_converted_workdir_samples_and_fine_tunes_through_the_cli(tmp_path):
     """A reference-layout state dict of a digits-shaped model -> workdir -> --mode=sample and training."""
     import subprocess
-    import sys
 
     from marjax import config_checks
     from marjax.builders import model_from_config

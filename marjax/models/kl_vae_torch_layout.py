@@ -9,6 +9,8 @@ import re
 import flax
 import numpy as np
 
+from marjax.models.torch_layout import params_from_state, state_from_params
+
 
 def torch_key_to_path(key: str) -> tuple[str, ...]:
     """'encoder.down.4.attn.0.q.weight' -> ('encoder', 'down_4_attn_0', 'q', 'kernel')."""
@@ -31,26 +33,10 @@ def torch_key_to_path(key: str) -> tuple[str, ...]:
 def params_from_torch_state(state: dict[str, np.ndarray], target_shapes: dict) -> dict:
     """Reference state dict (numpy arrays) -> params shaped like `target_shapes` (a params tree of
     arrays or ShapeDtypeStructs). Raises ValueError listing missing/unexpected keys and mismatches."""
-    wanted = flax.traverse_util.flatten_dict(target_shapes)
-    converted, unexpected, mismatched, seen = {}, [], [], set()
-    for key, value in state.items():
-        path = torch_key_to_path(key)
-        if path not in wanted:
-            unexpected.append(key)
-            continue
-        seen.add(path)
-        value = np.asarray(value, np.float32)
-        if value.ndim == 4:
-            value = value.transpose(2, 3, 1, 0)
-        if value.shape != tuple(wanted[path].shape):
-            mismatched.append(f"{key}: {value.shape} vs {tuple(wanted[path].shape)}")
-            continue
-        converted[path] = value
-    missing = ["/".join(p) for p in wanted if p not in seen]
-    if unexpected or missing or mismatched:
-        raise ValueError(f"KL-VAE state dict does not fit: missing {missing}, unexpected {unexpected}, "
-                         f"shape mismatches {mismatched}")
-    return flax.traverse_util.unflatten_dict(converted)
+    return params_from_state(
+        state, flax.traverse_util.flatten_dict(target_shapes),
+        lambda key, value: (torch_key_to_path(key), value.transpose(2, 3, 1, 0) if value.ndim == 4 else value),
+        "KL-VAE")
 
 
 def path_to_torch_key(path: tuple[str, ...]) -> str:
@@ -66,8 +52,5 @@ def path_to_torch_key(path: tuple[str, ...]) -> str:
 
 def torch_state_from_params(params: dict) -> dict[str, np.ndarray]:
     """KL-VAE params -> the reference's state dict (numpy, conv weights (O, I, kh, kw))."""
-    state = {}
-    for path, value in flax.traverse_util.flatten_dict(params).items():
-        value = np.asarray(value, np.float32)
-        state[path_to_torch_key(path)] = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value
-    return state
+    return state_from_params(params, lambda path, value: (
+        path_to_torch_key(path), value.transpose(3, 2, 0, 1) if value.ndim == 4 else value))

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from marjax.models.mar import MAR, init_params
+from marjax.models.torch_layout import params_from_state, state_from_params
 
 
 def torch_key_to_path(key: str) -> tuple[str, ...]:
@@ -29,6 +30,15 @@ def torch_key_to_path(key: str) -> tuple[str, ...]:
     return tuple(path)
 
 
+def _to_param(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    path = torch_key_to_path(key)
+    if path == ("class_emb", "weight"):
+        return ("class_emb", "embedding"), value
+    if path[-1] == "weight":
+        return (path[:-1] + ("kernel",), value.T) if value.ndim == 2 else (path[:-1] + ("scale",), value)
+    return path, value
+
+
 def params_from_torch_state(state: Mapping[str, np.ndarray], model: MAR) -> dict:
     """Builds `model`'s param tree from a reference state dict of numpy arrays.
 
@@ -36,28 +46,7 @@ def params_from_torch_state(state: Mapping[str, np.ndarray], model: MAR) -> dict
     lists the missing keys, the unexpected keys and the shape mismatches.
     """
     expected = flax.traverse_util.flatten_dict(jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
-    params, seen, unexpected, mismatched = {}, set(), [], []
-    for key, value in state.items():
-        value = np.asarray(value, np.float32)
-        path = torch_key_to_path(key)
-        leaf = path[-1]
-        if leaf == "weight" and path[:-1] == ("class_emb",):
-            path = ("class_emb", "embedding")
-        elif leaf == "weight":
-            path = path[:-1] + (("kernel",) if value.ndim == 2 else ("scale",))
-            value = value.T if value.ndim == 2 else value
-        seen.add(path)
-        if path not in expected:
-            unexpected.append(key)
-        elif expected[path].shape != value.shape:
-            mismatched.append(f"{key}: {value.shape} vs {expected[path].shape}")
-        else:
-            params[path] = value
-    missing = ["/".join(p) for p in expected if p not in seen]
-    if unexpected or mismatched or missing:
-        raise ValueError(f"state dict does not fit the model: missing {missing}, unexpected {unexpected}, "
-                         f"shape mismatches {mismatched}")
-    return flax.traverse_util.unflatten_dict(params)
+    return params_from_state(state, expected, _to_param, "MAR")
 
 
 def path_to_torch_key(path: tuple[str, ...]) -> str:
@@ -75,8 +64,5 @@ def path_to_torch_key(path: tuple[str, ...]) -> str:
 
 def torch_state_from_params(params: dict) -> dict[str, np.ndarray]:
     """MAR params -> a state dict in the reference's layout (numpy, Linear weights (out, in))."""
-    state = {}
-    for path, value in flax.traverse_util.flatten_dict(params).items():
-        value = np.asarray(value, np.float32)
-        state[path_to_torch_key(path)] = value.T if path[-1] == "kernel" else value
-    return state
+    return state_from_params(params, lambda path, value: (path_to_torch_key(path),
+                                                          value.T if path[-1] == "kernel" else value))
