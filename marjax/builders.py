@@ -1,6 +1,8 @@
-"""Objects a run builds from its config: the model, the step counts and the optimizer."""
+"""Objects a run builds from its config: the model, the step counts, the optimizer, the state
+layout, and a MAR state restored from a workdir."""
 import dataclasses
 import functools
+import os
 from typing import Any
 
 import jax
@@ -9,7 +11,8 @@ import ml_collections
 import optax
 
 from marjax.models.mar import MAR
-from marjax.sharding import state_shardings
+from marjax.checkpoints import RunCheckpoints
+from marjax.sharding import make_mesh, state_shardings
 from marjax.tokenizers import tokenizer_spec
 from marjax.train_step import TrainState, create_train_state, learning_rate_schedule, make_optimizer
 
@@ -45,12 +48,17 @@ def step_plan(config: ml_collections.ConfigDict, num_records: int) -> StepPlan:
                     peak_lr=config.train.base_lr * batch / 256)
 
 
+def schedule_from_config(config: ml_collections.ConfigDict, plan: StepPlan) -> optax.Schedule:
+    """Warmup from 0 to the peak lr, then constant or cosine (`train.lr_schedule`)."""
+    t = config.train
+    return learning_rate_schedule(plan.peak_lr, plan.warmup_steps, t.lr_schedule, plan.total_steps, t.min_lr)
+
+
 def optimizer_from_config(config: ml_collections.ConfigDict,
                           plan: StepPlan) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW with the reference decay mask and clipping, and its learning-rate schedule."""
     t = config.train
-    schedule = learning_rate_schedule(plan.peak_lr, plan.warmup_steps, t.lr_schedule,
-                                      plan.total_steps, t.min_lr)
+    schedule = schedule_from_config(config, plan)
     return make_optimizer(schedule, t.weight_decay, t.b1, t.b2, t.grad_clip or None), schedule
 
 
@@ -62,3 +70,24 @@ def state_layout(model: MAR, tx: optax.GradientTransformation, mesh: jax.shardin
     shardings = state_shardings(shapes, mesh, fsdp_min_size)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
     return abstract, shardings
+
+
+def restore_mar_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> tuple[TrainState, int]:
+    """(state, step): the MAR train state of checkpoint `step` (default: the latest) in `workdir`,
+    checked against `config` and placed on its mesh. FileNotFoundError when there is none."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(f"{workdir}/checkpoints does not exist: no trained or converted run there")
+    model = model_from_config(config)
+    tx, _ = optimizer_from_config(config, step_plan(config, config.train.global_batch_size))
+    abstract_state, _ = state_layout(model, tx, make_mesh(config.mesh.data, config.mesh.fsdp),
+                                     config.mesh.fsdp_min_size)
+    checkpoints = RunCheckpoints(workdir, read_only=True)
+    saved = list(checkpoints.manager.all_steps())
+    step = checkpoints.latest_step() if step is None else step
+    if step is None or step not in saved:
+        raise FileNotFoundError(f"no checkpoint {'' if step is None else f'at step {step} '}in "
+                                f"{checkpoints.directory} (saved steps: {saved})")
+    checkpoints.check_compatible(step, abstract_state.params, config)
+    state = checkpoints.restore(step, abstract_state, None)
+    checkpoints.close()
+    return state, step

@@ -166,21 +166,17 @@ def export_torch(kind: str, directory: str, output: str) -> None:
 
 
 def _mar_torch_state(directory: str) -> dict:
-    from marjax.builders import model_from_config, optimizer_from_config, state_layout, step_plan
+    from marjax.builders import restore_mar_state
     from marjax.checkpoints import RunCheckpoints
     from marjax.models.mar_torch_layout import torch_state_from_params
-    from marjax.sharding import make_mesh
 
     checkpoints = RunCheckpoints(directory, read_only=True)
     step = checkpoints.latest_step()
     if step is None:
         raise ConversionError(f"--input={directory} holds no marjax checkpoint")
     config = ml_collections.ConfigDict(checkpoints.saved_config(step))
-    model = model_from_config(config)
-    tx, _ = optimizer_from_config(config, step_plan(config, config.train.global_batch_size))
-    abstract, _ = state_layout(model, tx, make_mesh(), config.mesh.fsdp_min_size)
-    state = checkpoints.restore(step, abstract, None)
     checkpoints.close()
+    state, _ = restore_mar_state(config, directory, step)
     return {"model": torch_state_from_params(state.params), "model_ema": torch_state_from_params(state.ema_params)}
 
 

@@ -91,9 +91,7 @@ def sample_from_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
     """`--mode=sample`: restores checkpoint `sample.step` (default: the latest) of `workdir` and
     writes the samples of `config.sample`; returns the path of the PNG grid."""
     from marjax import config_checks
-    from marjax.builders import model_from_config, optimizer_from_config, state_layout, step_plan
-    from marjax.checkpoints import RunCheckpoints
-    from marjax.sharding import make_mesh
+    from marjax.builders import model_from_config, restore_mar_state
     from marjax.tokenizers import make_tokenizer
 
     config_checks.validate(config)
@@ -102,24 +100,12 @@ def sample_from_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
                                         "reconstruction grids to <workdir>/samples while training")
     labels = sample_labels(config.sample.num_images, config.data.num_classes, config.sample.classes)
     tokenizer = make_tokenizer(config)
-    model = model_from_config(config)
-    tx, _ = optimizer_from_config(config, step_plan(config, config.train.global_batch_size))
-    abstract_state, _ = state_layout(model, tx, make_mesh(config.mesh.data, config.mesh.fsdp),
-                                     config.mesh.fsdp_min_size)
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise FileNotFoundError(f"--mode=sample needs a trained run: {workdir}/checkpoints does not exist")
-    checkpoints = RunCheckpoints(workdir, read_only=True)
-    step = config.sample.step if config.sample.step is not None else checkpoints.latest_step()
-    if step is None or step not in checkpoints.manager.all_steps():
-        raise FileNotFoundError(f"no checkpoint {'' if step is None else f'at step {step} '}in "
-                                f"{checkpoints.directory} (saved steps: {list(checkpoints.manager.all_steps())})")
-    checkpoints.check_compatible(step, abstract_state.params, config)
-    state = checkpoints.restore(step, abstract_state, None)
-    checkpoints.close()
+    state, step = restore_mar_state(config, workdir, config.sample.step)
     params = state.ema_params if config.sample.use_ema else state.params
     logging.info("sampling %d images from step %d (%s params)", len(labels), step,
                  "EMA" if config.sample.use_ema else "raw")
-    images = sample_images(model, params, labels, jax.random.key(config.sample.seed), config.sample, tokenizer)
+    images = sample_images(model_from_config(config), params, labels, jax.random.key(config.sample.seed),
+                           config.sample, tokenizer)
     path = write_samples(os.path.join(workdir, "samples"), f"step_{step}", images, labels)
     logging.info("wrote %s and %s", path, path[:-4] + ".npz")
     return path

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from marjax.builders import StepPlan, model_from_config, optimizer_from_config, state_layout
+from marjax.builders import StepPlan, model_from_config, optimizer_from_config, schedule_from_config, state_layout
 from marjax.data.image_ops import to_model_range, to_uint8
 from marjax.models.kl_vae import AutoencoderKL
 from marjax.models.patch_discriminator import PatchDiscriminator
@@ -82,7 +82,7 @@ def tokenizer_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.
     v, t = config.vae, config.train
     model = vae_from_config(config)
     disc = PatchDiscriminator(v.disc_ndf, v.disc_layers)
-    _, schedule = optimizer_from_config(config, plan)
+    schedule = schedule_from_config(config, plan)
     tx = optax.chain(optax.clip_by_global_norm(t.grad_clip), optax.adam(schedule, t.b1, t.b2)) if t.grad_clip \
         else optax.adam(schedule, t.b1, t.b2)
     disc_tx = optax.adam(schedule, t.b1, t.b2)

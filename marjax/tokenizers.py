@@ -117,10 +117,13 @@ class KLTokenizer:
         return self.model.apply({"params": self.params}, latents / self.scale, method=AutoencoderKL.decode)
 
 
+def _abstract_vae_params(model: AutoencoderKL) -> dict:
+    return jax.eval_shape(lambda: init_vae_params(model, jax.random.key(0), 2 * model.stride))
+
+
 def load_vae_params(model: AutoencoderKL, directory: str) -> dict:
     """Params of `model` from an Orbax checkpoint written by `python -m marjax.convert --kind=kl16`."""
-    target = jax.eval_shape(lambda: init_vae_params(model, jax.random.key(0), 2 * model.stride))
-    return ocp.StandardCheckpointer().restore(os.path.abspath(directory), target)
+    return ocp.StandardCheckpointer().restore(os.path.abspath(directory), _abstract_vae_params(model))
 
 
 def load_trained_vae_params(model: AutoencoderKL, workdir: str) -> dict:
@@ -129,7 +132,7 @@ def load_trained_vae_params(model: AutoencoderKL, workdir: str) -> dict:
     steps = sorted(int(name) for name in os.listdir(directory) if name.isdigit())
     if not steps:
         raise ValueError(f"tokenizer.checkpoint={workdir!r} holds no finished checkpoint")
-    target = {"ema_params": jax.eval_shape(lambda: init_vae_params(model, jax.random.key(0), 2 * model.stride))}
+    target = {"ema_params": _abstract_vae_params(model)}
     restored = ocp.PyTreeCheckpointer().restore(
         os.path.join(directory, str(steps[-1]), "state"),
         args=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
