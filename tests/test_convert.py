@@ -14,13 +14,12 @@ import pytest
 from marjax import convert
 from marjax.config_base import base_config
 from marjax.models import kl_vae_torch_layout, mar_torch_layout
-from marjax.models.kl_vae import AutoencoderKL
 from marjax.models.mar import PRESETS, init_params, mar_preset
 from marjax.tokenizers import KLTokenizer, load_vae_params
+from tests.vae_reference import TINY_VAE, load_reference, reference_state
 
 torch = pytest.importorskip("torch")
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-TINY_VAE = AutoencoderKL(embed_dim=4, ch=32, ch_mult=(2, 1), num_res_blocks=1, attn_resolutions=(8,), resolution=16)
 
 
 def fixture(name: str) -> dict:
@@ -124,8 +123,8 @@ def test_converted_mar_workdir_restores_and_exports_back(tmp_path):
 
 
 def test_converted_vae_matches_the_reference_through_the_tokenizer(tmp_path):
-    reference = fixture("kl_vae_tiny_reference.npz")
-    state = {k[len("state/"):]: v.astype(np.float32) for k, v in reference.items() if k.startswith("state/")}
+    reference = load_reference()
+    state = reference_state(reference)
     path = str(tmp_path / "vae.ckpt")
     save_pth(path, {"model": state})
     directory = str(tmp_path / "vae")

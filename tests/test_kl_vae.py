@@ -3,31 +3,25 @@
 The fixture holds a small random-weight model in the reference's state-dict layout (float16-
 exact weights), inputs, and the reference's moments and decoder output (LTH14/mar models/vae.py).
 """
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from marjax.models.kl_vae import KL_PRESETS, AutoencoderKL, Posterior, init_vae_params
-from marjax.models.kl_vae_torch_layout import params_from_torch_state, torch_key_to_path
-
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "kl_vae_tiny_reference.npz")
-TINY = AutoencoderKL(embed_dim=4, ch=32, ch_mult=(2, 1), num_res_blocks=1, attn_resolutions=(8,), resolution=16)
+from marjax.models.kl_vae_torch_layout import torch_key_to_path
+from tests.vae_reference import TINY_VAE as TINY
+from tests.vae_reference import load_reference, reference_params
 
 
 @pytest.fixture(scope="module")
 def reference():
-    with np.load(FIXTURE) as data:
-        return {k: data[k] for k in data.files}
+    return load_reference()
 
 
 @pytest.fixture(scope="module")
 def params(reference):
-    state = {k[len("state/"):]: v for k, v in reference.items() if k.startswith("state/")}
-    shapes = jax.eval_shape(lambda: init_vae_params(TINY, jax.random.key(0), 16))
-    return params_from_torch_state(state, shapes)
+    return reference_params(reference)
 
 
 def test_kl16_has_the_reference_parameter_count():

@@ -11,19 +11,13 @@ from marjax.data.image_ops import to_model_range
 from marjax.data.pipeline import make_dataset
 from marjax.data.sources import DataError, ImageFolderSource
 from marjax.latent_cache import CachedLatentSource, write_latent_cache
-from marjax.models.kl_vae import AutoencoderKL, init_vae_params
-from marjax.models.kl_vae_torch_layout import params_from_torch_state
+from marjax.models.kl_vae import AutoencoderKL
 from marjax.tokenizers import KLTokenizer
-
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "kl_vae_tiny_reference.npz")
-TINY_VAE = AutoencoderKL(embed_dim=4, ch=32, ch_mult=(2, 1), num_res_blocks=1, attn_resolutions=(8,), resolution=16)
-
+from tests.vae_reference import TINY_VAE, load_reference, reference_params
 
 @pytest.fixture(scope="module")
 def vae_params():
-    with np.load(FIXTURE) as data:
-        state = {k[len("state/"):]: data[k].astype(np.float32) for k in data.files if k.startswith("state/")}
-    return params_from_torch_state(state, jax.eval_shape(lambda: init_vae_params(TINY_VAE, jax.random.key(0), 16)))
+    return reference_params(load_reference())
 
 
 @pytest.fixture(scope="module")
