@@ -107,14 +107,18 @@ def make_tokenizer_train_step(model: AutoencoderKL | VQModel, disc: PatchDiscrim
             return nll, -jnp.mean(logits_fake), regulariser, recon, {**extra, "rec_loss": jnp.mean(diff)}
 
         def last_layer_grads(params):
+            """Gradients of nll and of the generator loss w.r.t. the last decoder kernel: one
+            forward pass, two pullbacks."""
             kernel = params["model"]["decoder"]["conv_out"]["kernel"]
 
-            def with_kernel(k, index):
+            def nll_and_g(k):
                 swapped = flax.traverse_util.unflatten_dict(
                     {**flax.traverse_util.flatten_dict(params), ("model", "decoder", "conv_out", "kernel"): k})
-                return generator_terms(swapped)[index]
+                return generator_terms(swapped)[:2]
 
-            return jax.grad(with_kernel)(kernel, 0), jax.grad(with_kernel)(kernel, 1)
+            (nll, g_loss), pullback = jax.vjp(nll_and_g, kernel)
+            one, zero = jnp.ones_like(nll), jnp.zeros_like(g_loss)
+            return pullback((one, zero))[0], pullback((zero, one))[0]
 
         d_weight = adaptive_weight(*last_layer_grads(state.params), loss.disc_weight)
 
