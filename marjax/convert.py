@@ -24,6 +24,7 @@ from absl import app, flags
 from marjax.config_base import imagenet_mar_config
 from marjax.models.kl_vae import KL_PRESETS, AutoencoderKL, init_vae_params
 from marjax.models.mar import PRESETS, MAR
+from marjax.torch_files import ConversionError, load_torch_file
 
 KIND = flags.DEFINE_enum("kind", None, ["mar", "kl16"], "What the file holds.", required=True)
 INPUT = flags.DEFINE_string("input", None, "The .pth/.ckpt file (or, with --to=torch, the marjax directory).",
@@ -35,34 +36,6 @@ WEIGHTS = flags.DEFINE_enum("weights", "both", ["both", "ema", "model"],
 PRESET = flags.DEFINE_enum("preset", None, sorted(PRESETS), "MAR size; inferred from the shapes when omitted.")
 ALLOW_PICKLE = flags.DEFINE_bool("allow_pickle", False, "Load with weights_only=False (trusted files only).")
 TO = flags.DEFINE_enum("to", "marjax", ["marjax", "torch"], "Conversion direction.")
-
-
-class ConversionError(ValueError):
-    """A file that cannot be converted; the message says why and what would work."""
-
-
-def load_torch_file(path: str, allow_pickle: bool = False) -> dict:
-    """The checkpoint dict of a .pth file, tensors as numpy float32 arrays at any depth."""
-    try:
-        import torch
-    except ImportError as e:
-        raise ConversionError("converting needs PyTorch: pip install -e '.[convert]'") from e
-    if not os.path.isfile(path):
-        raise ConversionError(f"--input={path}: no such file")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as e:  # torch raises UnpicklingError (or others) for pickled objects
-        if allow_pickle:
-            raise
-        raise ConversionError(f"{path} holds pickled objects besides tensors, which weights_only loading "
-                              f"refuses ({type(e).__name__}). If you trust the file, rerun with --allow_pickle.") from e
-
-    def to_numpy(value):
-        if isinstance(value, dict):
-            return {k: to_numpy(v) for k, v in value.items()}
-        return value.detach().float().numpy() if isinstance(value, torch.Tensor) else value
-
-    return to_numpy(content)
 
 
 def infer_mar_preset(state: dict[str, np.ndarray]) -> str:
