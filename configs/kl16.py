@@ -3,9 +3,11 @@
   python -m marjax.main --config=configs/kl16.py --workdir=/ckpt/kl16_train \
       --config.data.tfds_data_dir=/path/to/tensorflow_datasets
 
-L1 reconstruction, KL weight 1e-6, PatchGAN hinge loss weight 0.5 from step 50,001, Adam
-(0.5, 0.9). The LDM recipe adds an LPIPS perceptual loss (weight 1.0); marjax cannot load a
-perceptual network yet, so this config trains without it and will not reach the published rFID.
+L1 reconstruction + LPIPS (weight 1.0), KL weight 1e-6, PatchGAN hinge loss weight 0.5 from
+step 50,001, Adam (0.5, 0.9). LPIPS needs two weight files that marjax does not download:
+`--config.vae.lpips_vgg16=/path/vgg16-397923af.pth` (torchvision's ImageNet VGG-16) and
+`--config.vae.lpips_lin=/path/vgg.pth` (the lpips package's linear layers). Without them the run
+warns and trains without the perceptual loss, and will not reach the published rFID.
 """
 from marjax.config_base import base_config
 
@@ -23,4 +25,5 @@ def get_config(arg: str | None = None):
     c.train.grad_clip = 0.0
     c.train.ema_rate = 0.999
     c.train.sample_every_steps = 5000
+    c.vae.perceptual_weight = 1.0
     return c

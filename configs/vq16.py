@@ -4,7 +4,8 @@
       --config.data.tfds_data_dir=/path/to/tensorflow_datasets
 
 Codebook + 0.25 commitment loss, L2 reconstruction, PatchGAN hinge 0.5 from step 20,000, Adam
-(0.9, 0.95) at lr 1e-4. LlamaGen adds LPIPS (weight 1.0), which marjax cannot load yet.
+(0.9, 0.95) at lr 1e-4, LPIPS weight 1.0 from the two weight files given as in configs/kl16.py
+(`--config.vae.lpips_vgg16=... --config.vae.lpips_lin=...`; without them: a warning, no LPIPS).
 """
 from marjax.config_base import base_config
 
@@ -25,4 +26,5 @@ def get_config(arg: str | None = None):
     c.train.grad_clip = 0.0
     c.train.ema_rate = 0.999
     c.train.sample_every_steps = 5000
+    c.vae.perceptual_weight = 1.0
     return c

@@ -73,7 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.vae.disc_start = 50_001
     c.vae.disc_ndf = 64
     c.vae.disc_layers = 3
-    c.vae.perceptual_weight = 0.0     # > 0 needs a feature-network weight file (not in this version)
+    c.vae.perceptual_weight = 0.0     # LPIPS weight; > 0 without the two files below: a warning, no LPIPS
+    c.vae.lpips_vgg16 = ""            # torchvision's VGG-16 weights (vgg16-397923af.pth)
+    c.vae.lpips_lin = ""              # LPIPS linear layers (vgg.pth of the lpips package)
 
     c.train = ml_collections.ConfigDict()
     c.train.global_batch_size = 2048

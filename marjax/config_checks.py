@@ -5,6 +5,7 @@ bare AttributeError); `validate` catches values that cannot work together.
 """
 import difflib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 
@@ -91,15 +92,26 @@ def _suggestion(key: str, valid: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _check_lpips_files(vae: ml_collections.ConfigDict) -> None:
+    """Both LPIPS files or neither (then training warns and goes without); a named file must exist."""
+    given = {key: vae[key] for key in ("lpips_vgg16", "lpips_lin") if vae[key]}
+    if vae.perceptual_weight <= 0 or not given:
+        return
+    if len(given) == 1:
+        other = ({"lpips_vgg16", "lpips_lin"} - set(given)).pop()
+        raise ConfigError(f"the LPIPS loss needs both weight files: vae.{other} is not set")
+    for key, path in given.items():
+        if not os.path.isfile(path):
+            raise ConfigError(f"vae.{key}={path}: no such file")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError for values that cannot run together (choices, sizes, intervals)."""
     values = dict(config_items(config))
     for key, choices in CHOICES.items():
         if values[key] not in choices:
             raise ConfigError(f"{key}={values[key]!r}; choose one of {list(choices)}")
-    if config.vae.perceptual_weight > 0:
-        raise ConfigError("vae.perceptual_weight > 0 needs a perceptual feature network, which this version "
-                          "cannot load yet; train with vae.perceptual_weight=0")
+    _check_lpips_files(config.vae)
     try:
         spec = tokenizer_spec(config)
         check_available(config)

@@ -41,6 +41,7 @@ def main(argv: list[str]) -> None:
     from marjax.checkpoints import IncompatibleCheckpointError
     from marjax.data.sources import DataError
     from marjax.sample import sample_from_workdir
+    from marjax.torch_files import ConversionError
     from marjax.train import TrainingDiverged, train_and_evaluate
 
     distributed.initialize_if_multiprocess()
@@ -50,8 +51,8 @@ def main(argv: list[str]) -> None:
             train_and_evaluate(config, WORKDIR.value)
         else:
             sample_from_workdir(config, WORKDIR.value)
-    except (config_checks.ConfigError, DataError, IncompatibleCheckpointError, TrainingDiverged,
-            FileNotFoundError) as e:
+    except (config_checks.ConfigError, ConversionError, DataError, IncompatibleCheckpointError,
+            TrainingDiverged, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 
 

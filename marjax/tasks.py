@@ -15,10 +15,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 
 from marjax.builders import StepPlan, model_from_config, optimizer_from_config, schedule_from_config, state_layout
 from marjax.data.image_ops import to_model_range, to_uint8
 from marjax.models.kl_vae import AutoencoderKL
+from marjax.models.lpips import LPIPS, load_lpips
 from marjax.models.patch_discriminator import PatchDiscriminator
 from marjax.sample import sample_images, sample_labels
 from marjax.sharding import state_shardings
@@ -30,9 +32,11 @@ from marjax.train_step import create_train_state, make_train_step
 @dataclasses.dataclass(frozen=True)
 class Task:
     """abstract_state: shapes with shardings attached; shardings: the NamedSharding tree;
-    init(key) -> state; step(state, batch, rng) -> (state, metrics with "loss" and "grad_norm");
-    prepare_batch(global batch, key) -> the step's batch; visualize(state, key) -> (images
-    (N, H, W, C) uint8, labels (N,)); num_params: parameters of the trained model."""
+    init(key) -> state; step(state, batch, rng, frozen) -> (state, metrics with "loss" and
+    "grad_norm"); prepare_batch(global batch, key) -> the step's batch; visualize(state, key) ->
+    (images (N, H, W, C) uint8, labels (N,)); num_params: parameters of the trained model;
+    frozen: arrays the step reads but never updates (the perceptual network), passed as an
+    argument so they are not baked into the compiled program, and not checkpointed."""
 
     abstract_state: Any
     shardings: Any
@@ -41,6 +45,7 @@ class Task:
     prepare_batch: Callable[[dict, jax.Array], dict]
     visualize: Callable[[Any, jax.Array], tuple[np.ndarray, np.ndarray]]
     num_params: int
+    frozen: Any = None
 
 
 def make_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.sharding.Mesh,
@@ -72,8 +77,12 @@ def mar_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.shardi
     def visualize(state, key):
         return sample_images(model, state.ema_params, labels, key, config.sample, tokenizer), labels
 
-    return Task(abstract_state, shardings, lambda key: create_train_state(model, tx, key), step, prepare_batch,
-                visualize, sum(x.size for x in jax.tree.leaves(abstract_state.params)))
+    def train_step(state, batch, rng, frozen):
+        del frozen  # MAR reads nothing besides its state
+        return step(state, batch, rng)
+
+    return Task(abstract_state, shardings, lambda key: create_train_state(model, tx, key), train_step,
+                prepare_batch, visualize, sum(x.size for x in jax.tree.leaves(abstract_state.params)))
 
 
 def tokenizer_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.sharding.Mesh,
@@ -91,9 +100,11 @@ def tokenizer_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.
     shapes = jax.eval_shape(init, jax.random.key(0))
     shardings = state_shardings(shapes, mesh, config.mesh.fsdp_min_size)
     abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+    lpips, lpips_params = _lpips(v)
     loss = TokenizerLoss(reconstruction=v.reconstruction, kl_weight=v.kl_weight, codebook_weight=v.codebook_weight,
-                         disc_weight=v.disc_weight, disc_start=v.disc_start)
-    step = make_tokenizer_train_step(model, disc, tx, disc_tx, loss, t.ema_rate)
+                         disc_weight=v.disc_weight, disc_start=v.disc_start,
+                         perceptual_weight=v.perceptual_weight if lpips_params is not None else 0.0)
+    step = make_tokenizer_train_step(model, disc, tx, disc_tx, loss, t.ema_rate, lpips)
     count = min(t.num_grid_samples, len(source))
     originals = np.stack([to_model_range(source[i]["image"]) for i in range(count)])
 
@@ -109,4 +120,20 @@ def tokenizer_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.
         return pairs, np.repeat(np.arange(count, dtype=np.int32), 2)  # one row per (original, reconstruction)
 
     return Task(abstract_state, shardings, init, step, lambda batch, key: {"images": batch["images"]}, visualize,
-                sum(x.size for x in jax.tree.leaves(abstract_state.params["model"])))
+                sum(x.size for x in jax.tree.leaves(abstract_state.params["model"])), lpips_params)
+
+
+def _lpips(vae: ml_collections.ConfigDict) -> tuple[LPIPS, dict | None]:
+    """The perceptual network and its params when `vae.perceptual_weight` > 0 and its files are
+    given; no params otherwise (with a warning when the weight asks for LPIPS but no file is given)."""
+    if vae.perceptual_weight <= 0:
+        return LPIPS(), None
+    if not vae.lpips_vgg16 and not vae.lpips_lin:
+        logging.warning("vae.perceptual_weight=%g but no LPIPS weight files are given (vae.lpips_vgg16: "
+                        "vgg16-397923af.pth, vae.lpips_lin: the lpips package's vgg.pth): training WITHOUT the "
+                        "perceptual loss", vae.perceptual_weight)
+        return LPIPS(), None
+    lpips, params = load_lpips(vae.lpips_vgg16, vae.lpips_lin)
+    logging.info("perceptual loss: LPIPS (VGG blocks %s) from %s and %s, weight %g", lpips.blocks, vae.lpips_vgg16,
+                 vae.lpips_lin, vae.perceptual_weight)
+    return lpips, params

@@ -1,10 +1,12 @@
 """The tokenizer train step: autoencoder (KL or VQ) and PatchGAN discriminator, one pure function.
 
-`train_step(state, batch, rng) -> (state, metrics)`, batch {"images": (B, H, W, C) in [-1, 1]}.
+`train_step(state, batch, rng, lpips_params) -> (state, metrics)`, batch {"images": (B, H, W, C)
+in [-1, 1]}; `lpips_params` are the frozen perceptual network's (None without the perceptual loss).
 Losses as LDM / taming-transformers (`LPIPSWithDiscriminator`, `VQLPIPSWithDiscriminator`):
-- reconstruction |x - x'| (or squared); for KL, nll = rec / e^logvar + logvar with one learned
-  scalar logvar, summed per image; + kl_weight KL(q || N(0, I)) per image; for VQ, the mean
-  reconstruction + codebook_weight (codebook + 0.25 commitment).
+- reconstruction |x - x'| (or squared) + perceptual_weight LPIPS(x, x') at every pixel; for KL,
+  nll = rec / e^logvar + logvar with one learned scalar logvar, summed per image; + kl_weight
+  KL(q || N(0, I)) per image; for VQ, the mean reconstruction + codebook_weight (codebook + 0.25
+  commitment).
 - generator adversarial loss -mean D(x'), weighted by the adaptive weight
   clip(|grad nll| / (|grad g| + 1e-4), 0, 1e4) x disc_weight, the gradients taken w.r.t. the
   decoder's last conv kernel; active from `disc_start` on, as is the discriminator.
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from marjax.models.kl_vae import AutoencoderKL
+from marjax.models.lpips import LPIPS
 from marjax.models.patch_discriminator import PatchDiscriminator
 from marjax.models.vq_tokenizer import VQModel
 
@@ -34,6 +37,7 @@ class TokenizerLoss:
     codebook_weight: float = 1.0
     disc_weight: float = 0.5
     disc_start: int = 50_001
+    perceptual_weight: float = 0.0
 
 
 @flax.struct.dataclass
@@ -75,10 +79,11 @@ def create_tokenizer_state(model: AutoencoderKL | VQModel, disc: PatchDiscrimina
 
 def make_tokenizer_train_step(model: AutoencoderKL | VQModel, disc: PatchDiscriminator,
                               tx: optax.GradientTransformation, disc_tx: optax.GradientTransformation,
-                              loss: TokenizerLoss, ema_rate: float = 0.999,
-                              ) -> Callable[[TokenizerTrainState, dict, jax.Array], tuple[TokenizerTrainState, Metrics]]:
+                              loss: TokenizerLoss, ema_rate: float = 0.999, lpips: LPIPS = LPIPS()) -> Callable[
+                                  [TokenizerTrainState, dict, jax.Array, dict | None], tuple[TokenizerTrainState, Metrics]]:
     """Builds the pure step; see the module docstring for the losses."""
     is_kl = isinstance(model, AutoencoderKL)
+    use_lpips = loss.perceptual_weight > 0
 
     def reconstruct(model_params, images, rng):
         """-> (reconstruction, regulariser loss (scalar), extra metrics)."""
@@ -90,7 +95,10 @@ def make_tokenizer_train_step(model: AutoencoderKL | VQModel, disc: PatchDiscrim
         vq = stats["codebook_loss"] + stats["commitment_loss"]
         return recon, loss.codebook_weight * vq, stats
 
-    def train_step(state: TokenizerTrainState, batch: dict, rng: jax.Array) -> tuple[TokenizerTrainState, Metrics]:
+    def train_step(state: TokenizerTrainState, batch: dict, rng: jax.Array,
+                   lpips_params: dict | None = None) -> tuple[TokenizerTrainState, Metrics]:
+        if use_lpips == (lpips_params is None):
+            raise ValueError(f"perceptual_weight={loss.perceptual_weight} needs lpips_params, and only then")
         images = batch["images"]
         sample_key = jax.random.fold_in(rng, state.step)
         disc_on = (state.step >= loss.disc_start).astype(jnp.float32)
@@ -99,10 +107,15 @@ def make_tokenizer_train_step(model: AutoencoderKL | VQModel, disc: PatchDiscrim
         def generator_terms(params):
             recon, regulariser, extra = reconstruct(params["model"], images, sample_key)
             diff = jnp.abs(images - recon) if loss.reconstruction == "l1" else (images - recon) ** 2
+            rec = diff
+            if use_lpips:
+                perceptual = lpips.apply({"params": lpips_params}, images, recon)
+                rec = diff + loss.perceptual_weight * perceptual[:, None, None, None]
+                extra = {**extra, "p_loss": jnp.mean(perceptual)}
             if is_kl:
-                nll = jnp.sum(diff / jnp.exp(params["logvar"]) + params["logvar"]) / images.shape[0]
+                nll = jnp.sum(rec / jnp.exp(params["logvar"]) + params["logvar"]) / images.shape[0]
             else:
-                nll = jnp.mean(diff)
+                nll = jnp.mean(rec)
             logits_fake, _ = disc.apply(disc_vars, recon, train=True, mutable=["batch_stats"])
             return nll, -jnp.mean(logits_fake), regulariser, recon, {**extra, "rec_loss": jnp.mean(diff)}
 

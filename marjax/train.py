@@ -82,8 +82,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
         logging.info("resumed from the checkpoint at step %d in %s", latest, checkpoints.directory)
 
     batch_shard, rep = batch_sharding(mesh), replicated(mesh)
-    train_step = jax.jit(task.step, in_shardings=(task.shardings, batch_shard, rep),
+    train_step = jax.jit(task.step, in_shardings=(task.shardings, batch_shard, rep, rep),
                          out_shardings=(task.shardings, rep), donate_argnums=0)
+    frozen = jax.device_put(task.frozen, rep)
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if latest is None:
@@ -124,7 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
                 return state
             batch = global_batch(next(data_iterator), batch_shard)
             batch = task.prepare_batch(batch, jax.random.fold_in(encode_key, step))
-            state, metrics = train_step(state, batch, train_key)
+            state, metrics = train_step(state, batch, train_key, frozen)
             check_and_log(plan.total_steps)  # the previous step's metrics, while this one runs
             pending.append((step, metrics))
             step += 1

@@ -42,15 +42,15 @@ def run(workdir, *extra, check=True, extra_env=None):
     return result
 
 
-def losses(workdir) -> dict[int, float]:
-    """step -> loss from the TensorBoard event files the run wrote."""
+def losses(workdir, tag: str = "loss") -> dict[int, float]:
+    """step -> the metric `tag` from the TensorBoard event files the run wrote."""
     import tensorflow as tf
 
     found = {}
     for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
-                if value.tag == "loss":
+                if value.tag == tag:
                     found[event.step] = float(tf.make_ndarray(value.tensor))
     return found
 

@@ -1,4 +1,6 @@
 """The tokenizer train step: loss pieces, and reconstruction falling while training on the digits."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +36,8 @@ def test_reconstruction_falls_while_training_on_digits(kind):
     disc = PatchDiscriminator(ndf=16, num_layers=2)
     tx, disc_tx = optax.adam(2e-3, 0.5, 0.9), optax.adam(2e-3, 0.5, 0.9)
     batch = digits_batch()
-    state = create_tokenizer_state(model, disc, tx, disc_tx, batch["images"], jax.random.key(0))
+    state = jax.jit(functools.partial(create_tokenizer_state, model, disc, tx, disc_tx, batch["images"]))(
+        jax.random.key(0))
     traces = []
 
     def counted(*args):
@@ -62,18 +65,26 @@ def test_tokenizer_training_through_the_cli_checkpoints_and_resumes(tmp_path):
     import subprocess
     import sys
 
+    import torch
+
+    from tests.test_lpips import tiny_lpips_state
     from tests.test_main_program import REPO, env, losses, saved_steps
 
+    lpips_files = [str(tmp_path / "vgg16-397923af.pth"), str(tmp_path / "vgg.pth")]
+    for path, state in zip(lpips_files, tiny_lpips_state()):
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
     base = [sys.executable, "-m", "marjax.main", "--config=configs/digits_vae.py", f"--workdir={tmp_path}",
             "--config.vae.ch_mult=(1,)", "--config.vae.disc_start=2", "--config.train.log_every_steps=1",
             "--config.train.checkpoint_every_steps=2", "--config.train.global_batch_size=16",
-            "--config.train.num_grid_samples=4"]
+            "--config.train.num_grid_samples=4", "--config.vae.perceptual_weight=1.0",
+            f"--config.vae.lpips_vgg16={lpips_files[0]}", f"--config.vae.lpips_lin={lpips_files[1]}"]
     for steps in (2, 4):
         result = subprocess.run(base + [f"--config.train.num_steps={steps}"], cwd=REPO, env=env(),
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
     assert saved_steps(str(tmp_path)) == [2, 4]
     assert sorted(losses(str(tmp_path))) == [1, 2, 3, 4]
+    assert min(losses(str(tmp_path), "p_loss").values()) > 0  # the LPIPS term, from the user's files
     assert "resumed from the checkpoint at step 2" in result.stderr
     assert os.path.exists(tmp_path / "samples" / "train_step_4.png")
     sample = subprocess.run(base + ["--mode=sample"], cwd=REPO, env=env(), capture_output=True, text=True)
