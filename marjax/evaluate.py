@@ -89,12 +89,13 @@ def padded_batches(values: np.ndarray, batch_size: int) -> Iterator[tuple[np.nda
         yield batch[np.arange(batch_size) % len(batch)], len(batch)
 
 
-def features_of_images(network: FeatureNetwork, images: np.ndarray, batch_size: int,
-                       mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:
-    """(N, H, W, C) uint8 host images -> {"pool", "logits"} host arrays, batch by batch."""
+def features_of_images(network: FeatureNetwork, num_images: int, load: Callable[[np.ndarray], np.ndarray],
+                       batch_size: int, mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:
+    """{"pool", "logits"} host arrays of `num_images` images, read batch by batch: `load(indices)`
+    returns the (B, H, W, C) uint8 images of those indices."""
     chunks = []
-    for batch, count in padded_batches(images, batch_size):
-        outputs = multihost_utils.process_allgather(network.extract(global_batch(batch, mesh)), tiled=True)
+    for indices, count in padded_batches(np.arange(num_images), batch_size):
+        outputs = multihost_utils.process_allgather(network.extract(global_batch(load(indices), mesh)), tiled=True)
         chunks.append({k: v[:count] for k, v in outputs.items()})
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
@@ -110,7 +111,8 @@ class Reference:
 
 def load_reference(config: ml_collections.ConfigDict, network: FeatureNetwork, batch_size: int,
                    mesh: jax.sharding.Mesh) -> Reference:
-    """From the `eval.reference` .npz (mu/sigma, arr_0 images), else from the data source."""
+    """From the `eval.reference` .npz (mu/sigma; arr_0 images, read at once: 2 GB for ADM's 10,000
+    at 256x256), else from records of the data source, read batch by batch."""
     path = config.eval.reference
     if path:
         if not os.path.isfile(path):
@@ -121,17 +123,22 @@ def load_reference(config: ml_collections.ConfigDict, network: FeatureNetwork, b
             images = data["arr_0"] if "arr_0" in data and (stats is None or config.eval.precision_recall) else None
         if stats is None and images is None:
             raise config_checks.ConfigError(f"eval.reference={path!r} holds neither mu/sigma nor arr_0 images")
-        what = f"{path} (mu/sigma: {stats is not None}, images: {0 if images is None else len(images)})"
+        num_images, load = (0, None) if images is None else (len(images), images.__getitem__)
+        what = f"{path} (mu/sigma: {stats is not None}, images: {num_images})"
     else:
         from marjax.data.sources import make_source
 
         source = make_source(config.data)
-        indices = np.linspace(0, len(source) - 1, min(config.eval.num_reference_images, len(source))).astype(int)
-        images, stats = np.stack([source[int(i)]["image"] for i in indices]), None
-        what = f"{len(images)} records of data.source={config.data.source!r}"
+        records = np.linspace(0, len(source) - 1, min(config.eval.num_reference_images, len(source))).astype(int)
+        num_images, stats = len(records), None
+
+        def load(indices):
+            return np.stack([source[int(records[i])]["image"] for i in indices])
+
+        what = f"{num_images} records of data.source={config.data.source!r}"
     features = None
-    if images is not None:
-        features = features_of_images(network, images, batch_size, mesh)["pool"]
+    if num_images:
+        features = features_of_images(network, num_images, load, batch_size, mesh)["pool"]
         if stats is None:
             stats = metrics.feature_statistics(features)
     logging.info("reference for %s features: %s", network.name, what)
