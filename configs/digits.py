@@ -44,10 +44,17 @@ def get_config(arg: str | None = None):
     # high-noise steps from diverging (the reference samples latents unclipped).
     c.sample.clip_denoised = True
 
+    # --mode=eval: 50 samples per class against all 1,797 real digits, with the in-process classifier.
+    c.eval.feature_network = "digits"
+    c.eval.num_images = 500
+    c.eval.batch_size = 100
+
     if arg == "runlocal":
         c.train.num_steps = 8
         c.train.log_every_steps = 2
         c.train.checkpoint_every_steps = 4
         c.sample.num_images = 20
         c.sample.batch_size = 20
+        c.eval.num_images = 20
+        c.eval.batch_size = 20
     return c

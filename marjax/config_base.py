@@ -113,6 +113,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample.seed = 0
     c.sample.step = config_dict.placeholder(int)  # None: the latest checkpoint
 
+    # `--mode=eval` (marjax.evaluate): samples with the `sample` section's sampler, checkpoint
+    # (sample.step) and params (sample.use_ema), scored by a feature network against a reference.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.num_images = 50_000        # balanced over the classes: 50 per class for ImageNet's 1000
+    c.eval.batch_size = 256           # images generated per step, rounded up to a multiple of the device count
+    c.eval.feature_network = "inception"  # "inception" (FID's Inception-v3) | "digits" (trained in-process)
+    c.eval.inception_weights = ""     # path of pt_inception-2015-12-05-6726825d.pth (pytorch-fid) or torch-fidelity's file
+    c.eval.reference = ""             # ADM-style .npz (mu/sigma and/or arr_0 images); "": the run's data source
+    c.eval.num_reference_images = 50_000  # records (evenly spaced) of the data source when eval.reference is ""
+    c.eval.precision_recall = True    # needs reference images (arr_0 in the .npz, or the data source)
+    c.eval.save_png = False           # also write every sample to <workdir>/eval_step_<N>/
+
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                  # -1: all devices not used by the other axes
     c.mesh.fsdp = 1

@@ -21,6 +21,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "train.lr_schedule": ("constant", "cosine"),
     "sample.cfg_schedule": ("linear", "constant"),
+    "eval.feature_network": ("inception", "digits"),
 }
 
 
@@ -134,6 +135,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"train.{key} must be >= 1, got {config.train[key]}")
     if config.sample.num_images < 1 or config.sample.batch_size < 1:
         raise ConfigError("sample.num_images and sample.batch_size must be >= 1")
+    if config.eval.num_images < 10 or config.eval.batch_size < 1 or config.eval.num_reference_images < 4:
+        raise ConfigError("eval.num_images must be >= 10 (the Inception Score's 10 splits), eval.batch_size >= 1 "
+                          "and eval.num_reference_images >= 4 (precision/recall's 3 nearest neighbours)")
     from marjax.sample import sample_labels
 
     try:

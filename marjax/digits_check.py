@@ -35,16 +35,20 @@ def nearest_distance(queries: np.ndarray, references: np.ndarray) -> float:
     return float(np.sqrt(np.maximum(d2.min(axis=1), 0)).mean())
 
 
-def check_digits(images: np.ndarray, labels: np.ndarray) -> dict:
-    """images: (N, 8k, 8k[, 1]) uint8 in 0..255 (k x k blocks are averaged back to 8x8, as the
-    digits were upscaled by repetition); labels: (N,) requested classes. -> figures."""
-    images = np.asarray(images, np.float64)
+def digit_pixels(images, dtype=np.float64):
+    """(N, 8k, 8k[, 1]) uint8 in 0..255 (numpy or jax) -> (N, 64) in the digits' 0..16 scale: k x k
+    blocks are averaged back to 8x8, as the digits were upscaled by repetition."""
     side = images.shape[1]
     if images.shape[1] != images.shape[2] or side % 8 or (images.ndim == 4 and images.shape[3] != 1):
         raise ValueError(f"expected square one-channel digit images of side 8k, got shape {images.shape}")
     k = side // 8
-    images = images.reshape(len(images), 8, k, 8, k).mean(axis=(2, 4))
-    pixels = images.reshape(len(images), 64) * (16.0 / 255.0)
+    pooled = images.astype(dtype).reshape(len(images), 8, k, 8, k).mean(axis=(2, 4))
+    return pooled.reshape(len(images), 64) * (16.0 / 255.0)
+
+
+def check_digits(images: np.ndarray, labels: np.ndarray) -> dict:
+    """images: (N, 8k, 8k[, 1]) uint8 in 0..255; labels: (N,) requested classes. -> figures."""
+    pixels = digit_pixels(np.asarray(images))
     digits = load_digits()
     train_x, train_y = digits.data[:NUM_TRAIN], digits.target[:NUM_TRAIN]
     heldout_x, heldout_y = digits.data[NUM_TRAIN:], digits.target[NUM_TRAIN:]

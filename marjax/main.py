@@ -1,8 +1,9 @@
-"""Command line: train or sample.
+"""Command line: train, sample or evaluate.
 
   python -m marjax.main --config=configs/digits.py --workdir=/tmp/digits
   python -m marjax.main --config=configs/digits.py --workdir=/tmp/digits --mode=sample \
       --config.sample.num_images=100 --config.sample.cfg=2.0
+  python -m marjax.main --config=configs/digits.py --workdir=/tmp/digits --mode=eval
 
 Any config field can be overridden with --config.<section>.<field>=value; a key the config
 does not have fails with the list of valid keys before anything is loaded.
@@ -18,7 +19,8 @@ from marjax import config_checks
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py.", lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "Train (and resume), or sample from a workdir.")
+MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
+                         "Train (and resume), sample from a workdir, or evaluate its samples (FID, IS, ...).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,6 +42,7 @@ def main(argv: list[str]) -> None:
     from marjax import distributed
     from marjax.checkpoints import IncompatibleCheckpointError
     from marjax.data.sources import DataError
+    from marjax.evaluate import evaluate_workdir
     from marjax.sample import sample_from_workdir
     from marjax.torch_files import ConversionError
     from marjax.train import TrainingDiverged, train_and_evaluate
@@ -49,8 +52,10 @@ def main(argv: list[str]) -> None:
     try:
         if MODE.value == "train":
             train_and_evaluate(config, WORKDIR.value)
-        else:
+        elif MODE.value == "sample":
             sample_from_workdir(config, WORKDIR.value)
+        else:
+            evaluate_workdir(config, WORKDIR.value)
     except (config_checks.ConfigError, ConversionError, DataError, IncompatibleCheckpointError,
             TrainingDiverged, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -1,10 +1,11 @@
 """End-to-end runs of `python -m marjax.main` on the digits with a tiny model (subprocesses).
 
-Covers: train with checkpoints, resume, sample; kill -9 then resume reproduces the
+Covers: train with checkpoints, resume, sample, evaluate (on 8 CPU devices); kill -9 then resume reproduces the
 uninterrupted losses step by step; SIGTERM saves and exits 0; one train-step compilation per
 run; the bad-input errors (incompatible checkpoint, NaN loss, missing data).
 """
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -42,8 +43,8 @@ def run(workdir, *extra, check=True, extra_env=None):
     return result
 
 
-def losses(workdir, tag: str = "loss") -> dict[int, float]:
-    """step -> the metric `tag` from the TensorBoard event files the run wrote."""
+def scalars(workdir, tag: str) -> dict[int, float]:
+    """step -> value of `tag` from the TensorBoard event files the run wrote."""
     import tensorflow as tf
 
     found = {}
@@ -53,6 +54,10 @@ def losses(workdir, tag: str = "loss") -> dict[int, float]:
                 if value.tag == tag:
                     found[event.step] = float(tf.make_ndarray(value.tensor))
     return found
+
+
+def losses(workdir) -> dict[int, float]:
+    return scalars(workdir, "loss")
 
 
 def saved_steps(workdir) -> list[int]:
@@ -106,6 +111,29 @@ def test_sample_mode_writes_grid_and_npz(uninterrupted):
     assert data["images"].shape == (10, 8, 8, 1) and data["images"].dtype == np.uint8
     np.testing.assert_array_equal(data["labels"], [3] * 5 + [7] * 5)
     assert os.path.getsize(os.path.join(workdir, "samples", "step_12.png")) > 0
+
+
+def test_eval_mode_on_eight_devices_writes_metrics_and_pngs(uninterrupted):
+    """20 samples in batches of 10, rounded up to 16 for the 8 devices (the padding is dropped),
+    scored with the digits classifier against the real digits."""
+    workdir, _ = uninterrupted
+    result = run(workdir, "--mode=eval", "--config.eval.num_images=20", "--config.eval.batch_size=10",
+                 "--config.eval.save_png=true", extra_env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert "20 samples in batches of 16 on 8 devices" in result.stderr
+    with open(os.path.join(workdir, "eval_step_12.json")) as f:
+        report = json.load(f)
+    assert report["feature_network"] == "digits" and report["num_images"] == 20 and report["step"] == 12
+    assert report["fid"] > 0 and 1 <= report["inception_score"] <= 10
+    for key in ("precision", "recall", "accuracy", "classifier_heldout_accuracy"):
+        assert 0 <= report[key] <= 1, key
+    assert scalars(workdir, "eval/fid") == {12: pytest.approx(report["fid"], rel=1e-6)}
+    pngs = sorted(os.listdir(os.path.join(workdir, "eval_step_12")))
+    assert len(pngs) == 20 and pngs[0] == "000000_class0.png" and pngs[-1] == "000019_class9.png"
+
+
+def test_eval_mode_without_inception_weights_names_the_file(uninterrupted):
+    result = run(uninterrupted[0], "--mode=eval", "--config.eval.feature_network=inception", check=False)
+    assert result.returncode != 0 and "pt_inception-2015-12-05-6726825d.pth" in result.stderr
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):

@@ -1,4 +1,6 @@
 """Image preprocessing of the reference (ADM center crop, flip, [-1, 1]) on host numpy arrays."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -23,6 +25,8 @@ def to_model_range(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32) / 127.5 - 1.0
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """float [-1, 1] (any shape) -> uint8 [0, 255], clipped and rounded."""
-    return np.clip(np.round((np.asarray(image, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+def to_uint8(image: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
+    """float [-1, 1] (any shape) -> uint8 [0, 255], clipped and rounded. A jax array stays a jax
+    array on its devices (evaluation quantises samples where they were generated)."""
+    xp = jnp if isinstance(image, jax.Array) else np
+    return xp.clip(xp.round((xp.asarray(image, xp.float32) + 1.0) * 127.5), 0, 255).astype(xp.uint8)

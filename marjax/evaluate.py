@@ -1,0 +1,220 @@
+"""`--mode=eval`: generate `eval.num_images` samples from a run and score them against a reference.
+
+  python -m marjax.main --config=configs/mar_large.py --workdir=/ckpt/mar_large --mode=eval \
+      --config.eval.inception_weights=/weights/pt_inception-2015-12-05-6726825d.pth \
+      --config.eval.reference=/data/VIRTUAL_imagenet256_labeled.npz
+  python -m marjax.main --config=configs/digits.py --workdir=/tmp/marjax-digits --mode=eval
+
+1. Restore checkpoint `sample.step` (default: the latest) with EMA params (`sample.use_ema`).
+2. Labels balanced over the classes (`sample.classes`), generated batch by batch with the
+   `sample.*` sampler settings, each batch split over all devices of the mesh. The images are
+   quantised to uint8 and passed through the feature network on those devices; only the
+   features come back to the host (and the images, when `eval.save_png` writes them).
+3. Metrics (`marjax.metrics`) against the reference: FID, IS, precision/recall, and for a
+   network that classifies the dataset's own classes (the digits one) the accuracy with which
+   samples are recognised as the class they were asked for. Written to TensorBoard
+   (`eval/<name>` at the checkpoint's step) and to `<workdir>/eval_step_<N>.json`.
+
+Feature networks (`eval.feature_network`): "inception" (FID's Inception-v3, weights from
+`eval.inception_weights`) or "digits" (`marjax.digits_features`, trained in-process). The
+reference is an ADM-style `.npz` (`eval.reference`: `mu`/`sigma` for FID and/or `arr_0` uint8
+images, whose features give precision/recall and, lacking mu/sigma, the statistics) or, with
+no file, `eval.num_reference_images` evenly spaced records of the run's data source.
+"""
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from jax.experimental import multihost_utils
+
+from marjax import config_checks, metrics
+from marjax.data.image_ops import to_uint8
+from marjax.sample import sample_labels, write_png
+from marjax.sampler import generate
+from marjax.sharding import batch_sharding, make_mesh, replicated
+
+ADM_REFERENCE_FILE = "VIRTUAL_imagenet256_labeled.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureNetwork:
+    """`extract`: (N, H, W, C) uint8 images (a global array) -> {"pool": (N, D) features for FID and
+    precision/recall, "logits": (N, K) for the Inception Score}. `classifies_labels`: logit k is
+    the dataset's class k, so samples' recognition accuracy means something."""
+
+    name: str
+    extract: Callable[[jax.Array], dict[str, jax.Array]]
+    classifies_labels: bool
+    figures: dict  # facts about the network to report with the metrics
+
+
+def make_feature_network(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> FeatureNetwork:
+    """The network of `eval.feature_network`, its params replicated on the mesh. FileNotFoundError
+    (naming the file) when the Inception weights are absent."""
+    if config.eval.feature_network == "digits":
+        from marjax.digits_features import digits_features, heldout_accuracy, train_digits_classifier
+
+        params = train_digits_classifier(config.seed)
+        extract = jax.jit(functools.partial(digits_features, jax.device_put(params, replicated(mesh))))
+        return FeatureNetwork("digits", extract, True, {"classifier_heldout_accuracy": heldout_accuracy(params)})
+    from marjax.models import inception
+    from marjax.models.inception_torch_layout import load_inception_params
+
+    params = jax.device_put(load_inception_params(config.eval.inception_weights), replicated(mesh))
+
+    def extract(images):  # torch-fidelity's Inception Score reads the logits without the fc bias
+        outputs = inception.features(params, images)
+        return {"pool": outputs["pool"], "logits": outputs["logits_unbiased"]}
+
+    return FeatureNetwork("inception", extract, False, {})
+
+
+def global_batch(values: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
+    """A host array, the same on every process, as a global array split over the mesh's batch axes."""
+    return jax.make_array_from_callback(values.shape, batch_sharding(mesh), lambda index: values[index])
+
+
+def padded_batches(values: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """(batch padded by repeating its entries to `batch_size`, count of real entries) over
+    `values`, so every batch has one static shape."""
+    for start in range(0, len(values), batch_size):
+        batch = values[start:start + batch_size]
+        yield batch[np.arange(batch_size) % len(batch)], len(batch)
+
+
+def features_of_images(network: FeatureNetwork, num_images: int, load: Callable[[np.ndarray], np.ndarray],
+                       batch_size: int, mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:
+    """{"pool", "logits"} host arrays of `num_images` images, read batch by batch: `load(indices)`
+    returns the (B, H, W, C) uint8 images of those indices."""
+    chunks = []
+    for indices, count in padded_batches(np.arange(num_images), batch_size):
+        outputs = multihost_utils.process_allgather(network.extract(global_batch(load(indices), mesh)), tiled=True)
+        chunks.append({k: v[:count] for k, v in outputs.items()})
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """Reference statistics for FID, and reference features (or None) for precision/recall."""
+
+    mean: np.ndarray
+    covariance: np.ndarray
+    features: np.ndarray | None
+
+
+def load_reference(config: ml_collections.ConfigDict, network: FeatureNetwork, batch_size: int,
+                   mesh: jax.sharding.Mesh) -> Reference:
+    """From the `eval.reference` .npz (mu/sigma; arr_0 images, read at once: 2 GB for ADM's 10,000
+    at 256x256), else from records of the data source, read batch by batch."""
+    path = config.eval.reference
+    if path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"eval.reference={path!r} does not exist: give an ADM-style reference batch "
+                                    f"(e.g. {ADM_REFERENCE_FILE}, with mu/sigma and/or arr_0 images)")
+        with np.load(path) as data:
+            stats = (data["mu"], data["sigma"]) if "mu" in data and "sigma" in data else None
+            images = data["arr_0"] if "arr_0" in data and (stats is None or config.eval.precision_recall) else None
+        if stats is None and images is None:
+            raise config_checks.ConfigError(f"eval.reference={path!r} holds neither mu/sigma nor arr_0 images")
+        num_images, load = (0, None) if images is None else (len(images), images.__getitem__)
+        what = f"{path} (mu/sigma: {stats is not None}, images: {num_images})"
+    else:
+        from marjax.data.sources import make_source
+
+        source = make_source(config.data)
+        records = np.linspace(0, len(source) - 1, min(config.eval.num_reference_images, len(source))).astype(int)
+        num_images, stats = len(records), None
+
+        def load(indices):
+            return np.stack([source[int(records[i])]["image"] for i in indices])
+
+        what = f"{num_images} records of data.source={config.data.source!r}"
+    features = None
+    if num_images:
+        features = features_of_images(network, num_images, load, batch_size, mesh)["pool"]
+        if stats is None:
+            stats = metrics.feature_statistics(features)
+    logging.info("reference for %s features: %s", network.name, what)
+    return Reference(np.asarray(stats[0], np.float64), np.asarray(stats[1], np.float64),
+                     features if config.eval.precision_recall else None)
+
+
+def score(network: FeatureNetwork, reference: Reference, pool: np.ndarray, logits: np.ndarray,
+          labels: np.ndarray) -> dict[str, float]:
+    """The metrics of generated features (N, D) and logits (N, K) for requested `labels` (N,)."""
+    fid = metrics.frechet_distance(*metrics.feature_statistics(pool), reference.mean, reference.covariance)
+    is_mean, is_std = metrics.inception_score(logits)
+    figures = {"fid": fid, "inception_score": is_mean, "inception_score_std": is_std}
+    if reference.features is not None:
+        figures["precision"], figures["recall"] = metrics.precision_recall(reference.features, pool)
+    if network.classifies_labels:
+        figures["accuracy"] = float((logits.argmax(axis=1) == labels).mean())
+    return figures
+
+
+def generate_and_extract(config: ml_collections.ConfigDict, params: dict, labels: np.ndarray, network: FeatureNetwork,
+                         mesh: jax.sharding.Mesh, batch_size: int, png_directory: str | None) -> dict[str, np.ndarray]:
+    """Generates one image per label on the mesh, batch by batch; returns the host features
+    {"pool", "logits"}. Images never accumulate: each batch is dropped (or written as PNGs)."""
+    from marjax.builders import model_from_config
+    from marjax.tokenizers import make_tokenizer
+
+    model, tokenizer, s = model_from_config(config), make_tokenizer(config), config.sample
+    rng = jax.random.key(s.seed)
+    chunks, done = [], 0
+    for batch, count in padded_batches(labels, batch_size):
+        latents = generate(model, params, global_batch(batch, mesh), jax.random.fold_in(rng, done),
+                           num_iter=s.num_iter, cfg=s.cfg, cfg_schedule=s.cfg_schedule, temperature=s.temperature,
+                           num_diffusion_steps=s.num_diffusion_steps, clip_denoised=s.clip_denoised)
+        images = to_uint8(tokenizer.decode(latents))
+        outputs = multihost_utils.process_allgather(network.extract(images), tiled=True)
+        chunks.append({k: v[:count] for k, v in outputs.items()})
+        if png_directory:
+            host_images = multihost_utils.process_allgather(images, tiled=True)[:count]
+            if jax.process_index() == 0:
+                for i, (image, label) in enumerate(zip(host_images, batch[:count])):
+                    write_png(os.path.join(png_directory, f"{done + i:06d}_class{label}.png"), image, min_side=1)
+        done += count
+        logging.info("evaluated %d / %d samples", done, len(labels))
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """`--mode=eval`; returns the figures also written to `<workdir>/eval_step_<N>.json`."""
+    from marjax.builders import restore_mar_state
+
+    config_checks.validate(config)
+    if config.task != "mar":
+        raise config_checks.ConfigError("--mode=eval scores MAR samples; set task='mar'")
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
+    batch_size = -(-config.eval.batch_size // mesh.size) * mesh.size  # every device gets a share
+    network = make_feature_network(config, mesh)
+    reference = load_reference(config, network, batch_size, mesh)
+    state, step = restore_mar_state(config, workdir, config.sample.step)
+    params = state.ema_params if config.sample.use_ema else state.params
+    labels = sample_labels(config.eval.num_images, config.data.num_classes, config.sample.classes)
+    png_directory = os.path.join(workdir, f"eval_step_{step}") if config.eval.save_png else None
+    if png_directory and jax.process_index() == 0:
+        os.makedirs(png_directory, exist_ok=True)
+    logging.info("evaluating step %d (%s params): %d samples in batches of %d on %d devices, %s features",
+                 step, "EMA" if config.sample.use_ema else "raw", len(labels), batch_size, mesh.size, network.name)
+    outputs = generate_and_extract(config, params, labels, network, mesh, batch_size, png_directory)
+    figures = score(network, reference, outputs["pool"], outputs["logits"], labels)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in figures.items()})
+    writer.close()
+    report = {"step": step, "feature_network": network.name, "num_images": len(labels), **figures, **network.figures,
+              "sample": {k: config.sample[k] for k in ("num_iter", "cfg", "cfg_schedule", "temperature",
+                                                       "num_diffusion_steps", "use_ema", "seed")}}
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, f"eval_step_{step}.json"), "w") as f:
+            json.dump(report, f, indent=1)
+    logging.info("eval at step %d: %s", step, json.dumps(figures))
+    return report
