@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from marjax.models.mar import MAR
+from marjax.models.mar import MAR, init_boxed_params
 from marjax.checkpoints import RunCheckpoints
-from marjax.sharding import make_mesh, state_shardings
+from marjax.sharding import (logical_axes, mesh_from_config, optimizer_shardings, param_shardings, replicated,
+                             with_shardings)
 from marjax.tokenizers import tokenizer_spec
 from marjax.train_step import TrainState, create_train_state, learning_rate_schedule, make_optimizer
 
@@ -63,13 +64,16 @@ def optimizer_from_config(config: ml_collections.ConfigDict,
 
 
 def state_layout(model: MAR, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-                 fsdp_min_size: int) -> tuple[TrainState, Any]:
+                 mesh_config: ml_collections.ConfigDict) -> tuple[TrainState, Any]:
     """(abstract state, shardings): the train state's shapes and dtypes (nothing allocated) with
-    each leaf's NamedSharding attached, and the shardings alone (for `jax.jit`)."""
+    each leaf's NamedSharding attached, and the shardings alone (for `jax.jit`). Params follow
+    `mesh_config.rules`; EMA and optimizer moments as their params; step and counts replicated."""
     shapes = jax.eval_shape(functools.partial(create_train_state, model, tx), jax.random.key(0))
-    shardings = state_shardings(shapes, mesh, fsdp_min_size)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
-    return abstract, shardings
+    names = logical_axes(lambda: init_boxed_params(model, jax.random.key(0)))
+    params = param_shardings(names, shapes.params, mesh, mesh_config.rules, mesh_config.fsdp_min_size)
+    shardings = TrainState(step=replicated(mesh), params=params, ema_params=params,
+                           opt_state=optimizer_shardings(tx, shapes.opt_state, params, mesh))
+    return with_shardings(shapes, shardings), shardings
 
 
 def restore_mar_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> tuple[TrainState, int]:
@@ -79,8 +83,7 @@ def restore_mar_state(config: ml_collections.ConfigDict, workdir: str, step: int
         raise FileNotFoundError(f"{workdir}/checkpoints does not exist: no trained or converted run there")
     model = model_from_config(config)
     tx, _ = optimizer_from_config(config, step_plan(config, config.train.global_batch_size))
-    abstract_state, _ = state_layout(model, tx, make_mesh(config.mesh.data, config.mesh.fsdp),
-                                     config.mesh.fsdp_min_size)
+    abstract_state, _ = state_layout(model, tx, mesh_from_config(config.mesh), config.mesh)
     checkpoints = RunCheckpoints(workdir, read_only=True)
     saved = list(checkpoints.manager.all_steps())
     step = checkpoints.latest_step() if step is None else step

@@ -27,7 +27,7 @@ from marjax.checkpoints import RunCheckpoints
 from marjax.data.pipeline import global_batch, make_dataset
 from marjax.data.sources import make_source
 from marjax.sample import write_samples
-from marjax.sharding import batch_sharding, make_mesh, replicated
+from marjax.sharding import batch_sharding, mesh_from_config, replicated
 from marjax.tasks import make_task
 
 
@@ -61,7 +61,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     config_checks.validate(config)
     source = make_source(config.data)
     plan = step_plan(config, len(source))
-    mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
+    mesh = mesh_from_config(config.mesh)
     task = make_task(config, plan, mesh, source)
     logging.info("%s: %d parameters; %d records, %d steps per epoch, %d steps (%d warmup), peak lr %g; mesh %s",
                  config.task, task.num_params, len(source), plan.steps_per_epoch, plan.total_steps,
