@@ -1,8 +1,9 @@
 """Objects a run builds from its config: the model, the step counts, the optimizer, the state
-layout, and a MAR state restored from a workdir."""
+layout, the MAR train step (pure and jitted), and a MAR state restored from a workdir."""
 import dataclasses
 import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -12,10 +13,10 @@ import optax
 
 from marjax.models.mar import MAR, init_boxed_params
 from marjax.checkpoints import RunCheckpoints
-from marjax.sharding import (logical_axes, mesh_from_config, optimizer_shardings, param_shardings, replicated,
-                             with_shardings)
+from marjax.sharding import (batch_sharding, logical_axes, mesh_from_config, optimizer_shardings, param_shardings,
+                             replicated, with_shardings)
 from marjax.tokenizers import tokenizer_spec
-from marjax.train_step import TrainState, create_train_state, learning_rate_schedule, make_optimizer
+from marjax.train_step import TrainState, create_train_state, learning_rate_schedule, make_optimizer, make_train_step
 
 
 def model_from_config(config: ml_collections.ConfigDict) -> MAR:
@@ -74,6 +75,21 @@ def state_layout(model: MAR, tx: optax.GradientTransformation, mesh: jax.shardin
     shardings = TrainState(step=replicated(mesh), params=params, ema_params=params,
                            opt_state=optimizer_shardings(tx, shapes.opt_state, params, mesh))
     return with_shardings(shapes, shardings), shardings
+
+
+def mar_train_step(config: ml_collections.ConfigDict, model: MAR, tx: optax.GradientTransformation,
+                   schedule: optax.Schedule) -> Callable:
+    """The pure MAR step `(state, batch, rng) -> (state, metrics)` with the recipe of `config.train`."""
+    t = config.train
+    return make_train_step(model, tx, schedule, mask_ratio_min=t.mask_ratio_min, label_drop_prob=t.label_drop_prob,
+                           diffusion_batch_mul=t.diffusion_batch_mul, ema_rate=t.ema_rate)
+
+
+def jit_train_step(step: Callable, state_shardings: Any, mesh: jax.sharding.Mesh) -> Callable:
+    """`step` compiled for `mesh`: state in and out with `state_shardings` (donated), the batch
+    split over the batch axes, rng and metrics replicated."""
+    return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),
+                   out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
 
 
 def restore_mar_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> tuple[TrainState, int]:

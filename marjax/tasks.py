@@ -17,7 +17,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from marjax.builders import StepPlan, model_from_config, optimizer_from_config, schedule_from_config, state_layout
+from marjax.builders import (StepPlan, mar_train_step, model_from_config, optimizer_from_config, schedule_from_config,
+                             state_layout)
 from marjax.data.image_ops import to_model_range, to_uint8
 from marjax.models.kl_vae import AutoencoderKL
 from marjax.models.patch_discriminator import PatchDiscriminator
@@ -26,7 +27,7 @@ from marjax.sharding import logical_axes, optimizer_shardings, param_shardings, 
 from marjax.tokenizer_train_step import (TokenizerLoss, TokenizerTrainState, create_tokenizer_state,
                                          init_boxed_tokenizer_variables, make_tokenizer_train_step)
 from marjax.tokenizers import make_tokenizer, vae_from_config
-from marjax.train_step import create_train_state, make_train_step
+from marjax.train_step import create_train_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +59,7 @@ def mar_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.shardi
     model = model_from_config(config)
     tx, schedule = optimizer_from_config(config, plan)
     abstract_state, shardings = state_layout(model, tx, mesh, config.mesh)
-    t = config.train
-    step = make_train_step(model, tx, schedule, mask_ratio_min=t.mask_ratio_min, label_drop_prob=t.label_drop_prob,
-                           diffusion_batch_mul=t.diffusion_batch_mul, ema_rate=t.ema_rate)
+    step = mar_train_step(config, model, tx, schedule)
 
     def prepare_batch(batch: dict, key: jax.Array) -> dict:
         if "moments" in batch:  # a latent cache: sample the stored posterior, as encoding would
@@ -69,7 +68,7 @@ def mar_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.shardi
             latents = tokenizer.encode(batch["images"], key)
         return {"latents": latents, "labels": batch["labels"]}
 
-    labels = sample_labels(t.num_grid_samples, config.data.num_classes)
+    labels = sample_labels(config.train.num_grid_samples, config.data.num_classes)
 
     def visualize(state, key):
         return sample_images(model, state.ema_params, labels, key, config.sample, tokenizer), labels

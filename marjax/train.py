@@ -22,12 +22,12 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
 from marjax import config_checks
-from marjax.builders import step_plan
+from marjax.builders import jit_train_step, step_plan
 from marjax.checkpoints import RunCheckpoints
 from marjax.data.pipeline import global_batch, make_dataset
 from marjax.data.sources import make_source
 from marjax.sample import write_samples
-from marjax.sharding import batch_sharding, mesh_from_config, replicated
+from marjax.sharding import batch_sharding, mesh_from_config
 from marjax.tasks import make_task
 
 
@@ -81,9 +81,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
         state = checkpoints.restore(latest, task.abstract_state, data_iterator)
         logging.info("resumed from the checkpoint at step %d in %s", latest, checkpoints.directory)
 
-    batch_shard, rep = batch_sharding(mesh), replicated(mesh)
-    train_step = jax.jit(task.step, in_shardings=(task.shardings, batch_shard, rep),
-                         out_shardings=(task.shardings, rep), donate_argnums=0)
+    batch_shard = batch_sharding(mesh)
+    train_step = jit_train_step(task.step, task.shardings, mesh)
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if latest is None:

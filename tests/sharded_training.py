@@ -11,8 +11,8 @@ import sys
 import jax
 import numpy as np
 
-from marjax.builders import step_plan
-from marjax.sharding import batch_sharding, mesh_from_config, replicated
+from marjax.builders import jit_train_step, step_plan
+from marjax.sharding import batch_sharding, mesh_from_config
 from marjax.tasks import make_task
 from configs import digits
 
@@ -44,8 +44,7 @@ def run(config, devices) -> dict:
     mesh = mesh_from_config(config.mesh, devices)
     task = make_task(config, step_plan(config, 1000), mesh, [])
     state = jax.jit(task.init, out_shardings=task.shardings)(jax.random.key(0))
-    step = jax.jit(task.step, in_shardings=(task.shardings, batch_sharding(mesh), replicated(mesh)),
-                   out_shardings=(task.shardings, replicated(mesh)), donate_argnums=0)
+    step = jit_train_step(task.step, task.shardings, mesh)
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(NUM_STEPS):

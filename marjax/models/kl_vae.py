@@ -34,7 +34,8 @@ def conv(features: int, kernel: int, name: str, stride: int = 1, padding: str | 
 
 def group_norm(name: str) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, epsilon=1e-6, use_fast_variance=False,
-                        scale_init=named(nn.initializers.ones, "norm"), bias_init=named(nn.initializers.zeros, "norm"), name=name)
+                        scale_init=named(nn.initializers.ones, "norm"),
+                        bias_init=named(nn.initializers.zeros, "norm"), name=name)
 
 
 class ResnetBlock(nn.Module):

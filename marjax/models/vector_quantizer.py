@@ -42,7 +42,8 @@ class VectorQuantizer(nn.Module):
         """z: (..., code_dim) -> (z_q with straight-through gradients (..., code_dim),
         indices (...) int32, {"codebook_loss", "commitment_loss", "codebook_usage", "perplexity"})."""
         k = self.codebook_size
-        codebook = self.param("codebook", named(_uniform(1.0 / k), "codes", "code_dim"), (k, self.code_dim))  # as LlamaGen
+        codebook_init = named(_uniform(1.0 / k), "codes", "code_dim")  # uniform(+-1/k) as LlamaGen
+        codebook = self.param("codebook", codebook_init, (k, self.code_dim))
         if self.l2_normalize:
             z, codebook = _normalize(z), _normalize(codebook)
         flat = z.reshape(-1, self.code_dim)
