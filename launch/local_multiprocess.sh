@@ -8,8 +8,8 @@
 #       --config.mesh.fsdp=4
 #
 # Every process gets JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (read by
-# marjax.distributed) and DEVICES_PER_PROCESS fake CPU devices; cross-process collectives on CPU
-# go through gloo. Process i logs to $LOG_DIR/process_i.log (default: a temporary directory).
+# marjax.distributed) and DEVICES_PER_PROCESS fake CPU devices (added to the caller's XLA_FLAGS);
+# cross-process collectives on CPU go through gloo. Process i logs to $LOG_DIR/process_i.log (default: a temporary directory).
 # When a process fails the others are stopped; exits with the first non-zero status.
 set -euo pipefail
 
@@ -28,7 +28,7 @@ pids=()
 for ((i = 0; i < num_processes; i++)); do
   JAX_PLATFORMS=cpu \
   JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo \
-  XLA_FLAGS="--xla_force_host_platform_device_count=$devices_per_process" \
+  XLA_FLAGS="--xla_force_host_platform_device_count=$devices_per_process ${XLA_FLAGS:-}" \
   JAX_COORDINATOR_ADDRESS="localhost:$port" \
   JAX_NUM_PROCESSES="$num_processes" \
   JAX_PROCESS_ID="$i" \

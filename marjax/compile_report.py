@@ -5,13 +5,14 @@ Inputs are abstract (shapes, dtypes and shardings only), so a MAR-H state for a 
 can be planned on a laptop. Without the hardware, ask JAX for fake CPU devices of the same
 mesh shape:
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=64 JAX_PLATFORMS=cpu \
+  XLA_FLAGS="--xla_force_host_platform_device_count=64 --xla_backend_optimization_level=0" JAX_PLATFORMS=cpu \
     python -m marjax.main --config=configs/mar_huge.py --workdir=/tmp/plan --mode=compile \
     --config.mesh.fsdp=64 --config.train.global_batch_size=2048
 
 On fake CPU devices the argument, output and state bytes per device are exact (they follow from
 the shardings); temporaries are what the CPU compiler plans, which differs from a TPU's or a
-GPU's. FLOPs are XLA's cost analysis of one device's program.
+GPU's. FLOPs are XLA's cost analysis of one device's program. `--xla_backend_optimization_level=0`
+only makes the CPU code generation cheaper: the memory analysis and FLOPs are the same.
 """
 import json
 import os

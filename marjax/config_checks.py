@@ -122,9 +122,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"train.{key} must be >= 1, got {config.train[key]}")
     if config.sample.num_images < 1 or config.sample.batch_size < 1:
         raise ConfigError("sample.num_images and sample.batch_size must be >= 1")
+    validate_mesh(config.mesh)
     from marjax.sample import sample_labels
 
     try:
         sample_labels(1, config.data.num_classes, config.sample.classes)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+
+
+def validate_mesh(mesh: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for mesh sizes other than -1 or >= 1, and for rules that are not
+    (logical name, mesh axis) pairs naming an axis of the mesh."""
+    from marjax.sharding import MESH_AXES
+
+    for axis in MESH_AXES:
+        if mesh[axis] != -1 and mesh[axis] < 1:
+            raise ConfigError(f"mesh.{axis}={mesh[axis]}: use a device count >= 1, or -1 for the devices left over")
+    for rule in mesh.rules:
+        if len(rule) != 2 or not isinstance(rule[0], str) or rule[1] not in MESH_AXES:
+            raise ConfigError(f"mesh.rules entry {rule!r}: use (logical axis name, mesh axis) with a mesh axis "
+                              f"in {list(MESH_AXES)}")

@@ -42,8 +42,14 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: list | No
 
 
 def mesh_from_config(mesh_config: ml_collections.ConfigDict, devices: list | None = None) -> jax.sharding.Mesh:
-    """The mesh of `config.mesh` over `devices` (default: all)."""
-    return make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor, devices)
+    """The mesh of `config.mesh` over `devices` (default: all); ConfigError when the sizes do not fit."""
+    from marjax.config_checks import ConfigError, validate_mesh
+
+    validate_mesh(mesh_config)
+    try:
+        return make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor, devices)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

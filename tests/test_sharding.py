@@ -13,14 +13,15 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
 from marjax.config_base import base_config
+from marjax.config_checks import ConfigError
 from marjax.models.kl_vae import AutoencoderKL
 from marjax.models.mar import MAR, init_boxed_params
 from marjax.models.patch_discriminator import PatchDiscriminator
 from marjax.models.vq_tokenizer import VQModel
-from marjax.sharding import MESH_AXES, logical_axes, make_mesh, mesh_spec
+from marjax.sharding import MESH_AXES, logical_axes, make_mesh, mesh_from_config, mesh_spec
 from marjax.tokenizer_train_step import init_boxed_tokenizer_variables
+from tests.test_main_program import REPO, fake_devices
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RULES = base_config().mesh.rules
 MESH_2x4x2 = AbstractMesh((2, 4, 2), MESH_AXES)
 MESH_1x8x1 = AbstractMesh((1, 8, 1), MESH_AXES)
@@ -69,17 +70,26 @@ def test_every_tokenizer_and_discriminator_param_has_a_name_per_dimension(model)
     _every_param_named(disc_names["params"], disc_vars["params"])
 
 
-def test_make_mesh_sizes():
-    assert dict(make_mesh(-1, 1, 1).shape) == {"data": 1, "fsdp": 1, "tensor": 1}
+def test_mesh_sizes_and_rules_from_the_config():
+    mesh_config = base_config().mesh
+    assert dict(mesh_from_config(mesh_config).shape) == {"data": 1, "fsdp": 1, "tensor": 1}
     with pytest.raises(ValueError, match="only one of"):
         make_mesh(-1, -1, 1)
-    with pytest.raises(ValueError, match="does not cover"):
-        make_mesh(1, 2, 1)
+    mesh_config.fsdp = 2
+    with pytest.raises(ConfigError, match="does not cover"):
+        mesh_from_config(mesh_config)
+    mesh_config.fsdp = 0
+    with pytest.raises(ConfigError, match="mesh.fsdp=0"):
+        mesh_from_config(mesh_config)
+    mesh_config.fsdp = 1
+    mesh_config.rules = (("embed", "model"),)
+    with pytest.raises(ConfigError, match="mesh axis in"):
+        mesh_from_config(mesh_config)
 
 
 @pytest.fixture(scope="module")
 def sharded_runs():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **fake_devices(8)}
     result = subprocess.run([sys.executable, "-m", "tests.sharded_training"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
