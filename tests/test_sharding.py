@@ -118,3 +118,24 @@ def test_params_ema_and_adam_moments_are_sharded_alike(sharded_runs, run, param,
     for array in ("param", "ema", "adam_mu"):
         assert watched[array]["spec"] == spec, (array, watched[array])
         assert watched[array]["shard_shape"] == shard_shape, (array, watched[array])
+
+
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_tokenizer_state_shardings_follow_the_params(kind):
+    """The tokenizer task's layout on a 1 x 2 x 1 mesh: EMA and Adam moments as their params, the
+    discriminator's big kernels split over "fsdp", its BatchNorm statistics replicated."""
+    from configs import digits_vae
+    from marjax.builders import step_plan
+    from marjax.tasks import make_task
+
+    config = digits_vae.get_config(kind if kind == "vq" else None)
+    config.mesh.fsdp_min_size = 4096
+    source = [{"image": np.zeros((16, 16, 1), np.uint8), "label": 0}]
+    task = make_task(config, step_plan(config, 64), AbstractMesh((1, 2, 1), MESH_AXES), source)
+    s = task.shardings
+    assert jax.tree.structure(s) == jax.tree.structure(task.abstract_state)
+    assert s.ema_params == s.params["model"]
+    assert s.opt_state[0].mu == s.params and s.disc_opt_state[0].nu == s.disc_params
+    assert s.params["model"]["decoder"]["up_1_block_0"]["conv1"]["kernel"].spec == P(None, None, None, "fsdp")
+    assert s.disc_params["conv_2"]["kernel"].spec == P(None, None, None, "fsdp")
+    assert all(x.spec == P() for x in jax.tree.leaves(s.disc_stats))
