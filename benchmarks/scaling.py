@@ -54,12 +54,12 @@ def step_time_child(batch: int, repeats: int) -> None:
     step = jit_train_step(make_train_step(model, tx, optax.constant_schedule(1e-4)), shardings, mesh)
     rng = np.random.default_rng(0)
     side = model.latent_size
-    batch = jax.device_put({"latents": rng.standard_normal((batch, side, side, model.latent_channels), np.float32),
-                            "labels": rng.integers(0, 10, batch).astype(np.int32)}, batch_sharding(mesh))
+    inputs = jax.device_put({"latents": rng.standard_normal((batch, side, side, model.latent_channels), np.float32),
+                             "labels": rng.integers(0, 10, batch).astype(np.int32)}, batch_sharding(mesh))
     holder = [state]
 
     def one_step():
-        holder[0], metrics = step(holder[0], batch, jax.random.key(1))
+        holder[0], metrics = step(holder[0], inputs, jax.random.key(1))
         return metrics["loss"]
 
     first, median = time_calls(one_step, repeats)
