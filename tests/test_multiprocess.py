@@ -16,9 +16,10 @@ STEPS = ("--config.train.num_steps=4", "--config.train.checkpoint_every_steps=2"
 
 
 def launch(workdir, log_dir, devices_per_process, *extra):
+    """Two processes of `devices_per_process` CPU devices each run the tiny digits command."""
     result = subprocess.run(["bash", LAUNCHER, "2", str(devices_per_process), *command(workdir, *STEPS, *extra)],
-                            cwd=REPO,
-                            env={**env(), "LOG_DIR": str(log_dir), "XLA_FLAGS": FAST_COMPILE_FLAGS}, capture_output=True, text=True, timeout=600)
+                            cwd=REPO, env={**env(), "LOG_DIR": str(log_dir), "XLA_FLAGS": FAST_COMPILE_FLAGS},
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
 
 
