@@ -1,8 +1,9 @@
 """Objects a run builds from its config: the model, the step counts, the optimizer, the state
-layout, and a MAR state restored from a workdir."""
+layout, the MAR train step (pure and jitted), and a MAR state restored from a workdir."""
 import dataclasses
 import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -10,11 +11,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from marjax.models.mar import MAR
+from marjax.models.mar import MAR, init_boxed_params
 from marjax.checkpoints import RunCheckpoints
-from marjax.sharding import make_mesh, state_shardings
+from marjax.sharding import (batch_sharding, logical_axes, mesh_from_config, optimizer_shardings, param_shardings,
+                             replicated, with_shardings)
 from marjax.tokenizers import tokenizer_spec
-from marjax.train_step import TrainState, create_train_state, learning_rate_schedule, make_optimizer
+from marjax.train_step import TrainState, create_train_state, learning_rate_schedule, make_optimizer, make_train_step
 
 
 def model_from_config(config: ml_collections.ConfigDict) -> MAR:
@@ -63,13 +65,34 @@ def optimizer_from_config(config: ml_collections.ConfigDict,
 
 
 def state_layout(model: MAR, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-                 fsdp_min_size: int) -> tuple[TrainState, Any]:
+                 mesh_config: ml_collections.ConfigDict) -> tuple[TrainState, Any]:
     """(abstract state, shardings): the train state's shapes and dtypes (nothing allocated) with
-    each leaf's NamedSharding attached, and the shardings alone (for `jax.jit`)."""
+    each leaf's NamedSharding attached, and the shardings alone (for `jax.jit`). Params follow
+    `mesh_config.rules`; EMA and optimizer moments as their params; step and counts replicated."""
     shapes = jax.eval_shape(functools.partial(create_train_state, model, tx), jax.random.key(0))
-    shardings = state_shardings(shapes, mesh, fsdp_min_size)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
-    return abstract, shardings
+    names = logical_axes(lambda: init_boxed_params(model, jax.random.key(0)))
+    params = param_shardings(names, shapes.params, mesh, mesh_config.rules, mesh_config.fsdp_min_size)
+    shardings = TrainState(step=replicated(mesh), params=params, ema_params=params,
+                           opt_state=optimizer_shardings(tx, shapes.opt_state, params, mesh))
+    return with_shardings(shapes, shardings), shardings
+
+
+def mar_train_step(config: ml_collections.ConfigDict, model: MAR, tx: optax.GradientTransformation,
+                   schedule: optax.Schedule) -> Callable:
+    """The pure MAR step `(state, batch, rng) -> (state, metrics)` with the recipe of `config.train`."""
+    t = config.train
+    return make_train_step(model, tx, schedule, mask_ratio_min=t.mask_ratio_min, label_drop_prob=t.label_drop_prob,
+                           diffusion_batch_mul=t.diffusion_batch_mul, ema_rate=t.ema_rate)
+
+
+def jit_train_step(step: Callable, state_shardings: Any, mesh: jax.sharding.Mesh,
+                   takes_frozen: bool = False) -> Callable:
+    """`step` compiled for `mesh`: state in and out with `state_shardings` (donated), the batch
+    split over the batch axes, rng and metrics replicated. `takes_frozen`: the step has a 4th
+    argument, arrays it only reads (`Task.frozen`), replicated."""
+    rep = replicated(mesh)
+    return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh), rep) + ((rep,) if takes_frozen else ()),
+                   out_shardings=(state_shardings, rep), donate_argnums=0)
 
 
 def restore_mar_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> tuple[TrainState, int]:
@@ -79,8 +102,7 @@ def restore_mar_state(config: ml_collections.ConfigDict, workdir: str, step: int
         raise FileNotFoundError(f"{workdir}/checkpoints does not exist: no trained or converted run there")
     model = model_from_config(config)
     tx, _ = optimizer_from_config(config, step_plan(config, config.train.global_batch_size))
-    abstract_state, _ = state_layout(model, tx, make_mesh(config.mesh.data, config.mesh.fsdp),
-                                     config.mesh.fsdp_min_size)
+    abstract_state, _ = state_layout(model, tx, mesh_from_config(config.mesh), config.mesh)
     checkpoints = RunCheckpoints(workdir, read_only=True)
     saved = list(checkpoints.manager.all_steps())
     step = checkpoints.latest_step() if step is None else step

@@ -127,8 +127,14 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                  # -1: all devices not used by the other axes
-    c.mesh.fsdp = 1
+    c.mesh.fsdp = 1                   # > 1: params, EMA and optimizer state split over this many devices
+    c.mesh.tensor = 1                 # > 1: MLP hidden and attention-head dims split (see rules)
     c.mesh.fsdp_min_size = 2**20      # params with fewer elements stay replicated
+    # Logical param axis -> mesh axis, in priority order (marjax.sharding): tensor parallelism on
+    # the MLP hidden and attention-head dims when mesh.tensor > 1, FSDP on the first divisible one.
+    c.mesh.rules = (("mlp", "tensor"), ("heads", "tensor"),
+                    ("embed", "fsdp"), ("mlp", "fsdp"), ("qkv", "fsdp"), ("heads", "fsdp"), ("classes", "fsdp"),
+                    ("conv_out", "fsdp"), ("conv_in", "fsdp"), ("codes", "fsdp"))
     return c
 
 

@@ -138,9 +138,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.eval.num_images < 10 or config.eval.batch_size < 1 or config.eval.num_reference_images < 4:
         raise ConfigError("eval.num_images must be >= 10 (the Inception Score's 10 splits), eval.batch_size >= 1 "
                           "and eval.num_reference_images >= 4 (precision/recall's 3 nearest neighbours)")
+    validate_mesh(config.mesh)
     from marjax.sample import sample_labels
 
     try:
         sample_labels(1, config.data.num_classes, config.sample.classes)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+
+
+def validate_mesh(mesh: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for mesh sizes other than -1 or >= 1, and for rules that are not
+    (logical name, mesh axis) pairs naming an axis of the mesh."""
+    from marjax.sharding import MESH_AXES
+
+    for axis in MESH_AXES:
+        if mesh[axis] != -1 and mesh[axis] < 1:
+            raise ConfigError(f"mesh.{axis}={mesh[axis]}: use a device count >= 1, or -1 for the devices left over")
+    for rule in mesh.rules:
+        if len(rule) != 2 or not isinstance(rule[0], str) or rule[1] not in MESH_AXES:
+            raise ConfigError(f"mesh.rules entry {rule!r}: use (logical axis name, mesh axis) with a mesh axis "
+                              f"in {list(MESH_AXES)}")

@@ -1,9 +1,11 @@
-"""Command line: train, sample or evaluate.
+"""Command line: train, sample, evaluate, or compile the train step to plan memory.
 
   python -m marjax.main --config=configs/digits.py --workdir=/tmp/digits
   python -m marjax.main --config=configs/digits.py --workdir=/tmp/digits --mode=sample \
       --config.sample.num_images=100 --config.sample.cfg=2.0
   python -m marjax.main --config=configs/digits.py --workdir=/tmp/digits --mode=eval
+  XLA_FLAGS=--xla_force_host_platform_device_count=64 JAX_PLATFORMS=cpu python -m marjax.main \
+      --config=configs/mar_huge.py --workdir=/tmp/plan --mode=compile --config.mesh.fsdp=64
 
 Any config field can be overridden with --config.<section>.<field>=value; a key the config
 does not have fails with the list of valid keys before anything is loaded.
@@ -19,8 +21,9 @@ from marjax import config_checks
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py.", lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
-                         "Train (and resume), sample from a workdir, or evaluate its samples (FID, IS, ...).")
+MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "compile"],
+                         "Train (and resume); sample from a workdir; evaluate its samples (FID, IS, ...); or compile "
+                         "the train step for the config's mesh and print per-device memory and FLOPs.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,6 +43,7 @@ def main(argv: list[str]) -> None:
 
     tf.config.set_visible_devices([], "GPU")
     from marjax import distributed
+    from marjax.compile_report import write_compile_report
     from marjax.checkpoints import IncompatibleCheckpointError
     from marjax.data.sources import DataError
     from marjax.evaluate import evaluate_workdir
@@ -54,8 +58,10 @@ def main(argv: list[str]) -> None:
             train_and_evaluate(config, WORKDIR.value)
         elif MODE.value == "sample":
             sample_from_workdir(config, WORKDIR.value)
-        else:
+        elif MODE.value == "eval":
             evaluate_workdir(config, WORKDIR.value)
+        else:
+            write_compile_report(config, WORKDIR.value)
     except (config_checks.ConfigError, ConversionError, DataError, IncompatibleCheckpointError,
             TrainingDiverged, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

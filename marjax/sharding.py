@@ -1,36 +1,59 @@
 """The device mesh and where arrays live on it.
 
-One mesh with named axes ("data", "fsdp") built from `config.mesh`; one CPU is a 1x1 mesh.
-The batch is split over both axes. A parameter (and its EMA and optimizer moments) with at
-least `fsdp_min_size` elements is split over "fsdp" along its largest dimension divisible by
-the axis size; everything else is replicated.
+One mesh with named axes ("data", "fsdp", "tensor") built from `config.mesh`; one CPU is a
+1x1x1 mesh. The batch is split over "data" x "fsdp".
+
+Parameters carry logical axis names (`nn.with_logical_partitioning` in the models: "embed",
+"mlp", "conv_out", ...). `config.mesh.rules` maps them to mesh axes, in priority order: for
+each rule, a dimension with that name takes the mesh axis if the axis is larger than 1, not
+already used by the array, and divides the dimension. Arrays with fewer than
+`config.mesh.fsdp_min_size` elements stay replicated. The EMA and the optimizer moments of a
+parameter take the parameter's sharding. FSDP is the one-line choice `mesh.fsdp = N`.
 """
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
+import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+Rules = Sequence[tuple[str, str]]
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, devices: list | None = None) -> jax.sharding.Mesh:
-    """A ("data", "fsdp") mesh over all devices; -1 in one axis takes the devices left over."""
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: list | None = None) -> jax.sharding.Mesh:
+    """A ("data", "fsdp", "tensor") mesh over all devices; -1 in one axis takes the devices left over."""
     devices = jax.devices() if devices is None else devices
     n = len(devices)
-    if data == -1 and fsdp == -1:
-        raise ValueError("mesh.data and mesh.fsdp cannot both be -1")
-    if data == -1:
-        data = n // fsdp
-    if fsdp == -1:
-        fsdp = n // data
-    if data * fsdp != n:
-        raise ValueError(f"mesh.data={data} x mesh.fsdp={fsdp} does not cover the {n} devices")
-    return jax.make_mesh((data, fsdp), BATCH_AXES, (jax.sharding.AxisType.Auto,) * 2, devices=devices)
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"only one of mesh.data, mesh.fsdp, mesh.tensor can be -1, got {sizes}")
+    if -1 in sizes:
+        known = int(np.prod([s for s in sizes if s != -1]))
+        sizes[sizes.index(-1)] = n // known
+    if int(np.prod(sizes)) != n:
+        raise ValueError(f"mesh.data={data} x mesh.fsdp={fsdp} x mesh.tensor={tensor} does not cover the "
+                         f"{n} devices")
+    return jax.make_mesh(tuple(sizes), MESH_AXES, (jax.sharding.AxisType.Auto,) * 3, devices=devices)
+
+
+def mesh_from_config(mesh_config: ml_collections.ConfigDict, devices: list | None = None) -> jax.sharding.Mesh:
+    """The mesh of `config.mesh` over `devices` (default: all); ConfigError when the sizes do not fit."""
+    from marjax.config_checks import ConfigError, validate_mesh
+
+    validate_mesh(mesh_config)
+    try:
+        return make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor, devices)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-    """Leading (batch) axis split over every mesh axis."""
+    """Leading (batch) axis split over "data" x "fsdp"."""
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
@@ -38,20 +61,39 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
-    """Split the largest dimension divisible by `fsdp_size` over "fsdp"; small arrays replicated."""
-    if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+def logical_axes(boxed_init: Callable[[], Any]) -> Any:
+    """The logical axis names of every leaf `boxed_init()` returns (a tree of PartitionSpecs of
+    names, P() for unnamed leaves), from shapes only: nothing is allocated."""
+    return nn.get_partition_spec(jax.eval_shape(boxed_init))
+
+
+def mesh_spec(names: P, shape: tuple[int, ...], mesh: jax.sharding.Mesh, rules: Rules, min_size: int) -> P:
+    """The mesh PartitionSpec of an array of `shape` whose dimensions have logical `names`."""
+    if int(np.prod(shape, dtype=np.int64)) < min_size:
         return P()
-    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
-        if shape[dim] % fsdp_size == 0:
-            spec = [None] * len(shape)
-            spec[dim] = "fsdp"
-            return P(*spec)
-    return P()
+    spec: list[str | None] = [None] * len(shape)
+    for logical, axis in rules:
+        for dim, name in enumerate(names):
+            size = mesh.shape[axis]
+            if (name == logical and spec[dim] is None and axis not in spec and size > 1
+                    and shape[dim] % size == 0):
+                spec[dim] = axis
+    return P(*spec)
 
 
-def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh, min_size: int) -> Any:
-    """A NamedSharding for every leaf of a (shape-only) train state."""
-    fsdp_size = mesh.shape["fsdp"]
-    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp_size, min_size)),
-                        abstract_state)
+def param_shardings(names: Any, shapes: Any, mesh: jax.sharding.Mesh, rules: Rules, min_size: int) -> Any:
+    """A NamedSharding for each param, from its logical `names` (tree of P) and `shapes`."""
+    return jax.tree.map(lambda n, x: NamedSharding(mesh, mesh_spec(n, x.shape, mesh, rules, min_size)),
+                        names, shapes, is_leaf=lambda n: isinstance(n, P))
+
+
+def optimizer_shardings(tx: optax.GradientTransformation, opt_shapes: Any, params_shardings: Any,
+                        mesh: jax.sharding.Mesh) -> Any:
+    """Shardings of `tx`'s state: moments as their params, counts and scalars replicated."""
+    return optax.tree_map_params(tx, lambda _, sharding: sharding, opt_shapes, params_shardings,
+                                 transform_non_params=lambda _: replicated(mesh))
+
+
+def with_shardings(shapes: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `shapes` with `shardings` attached: an abstract state to restore or compile onto."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)

@@ -10,6 +10,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -17,16 +18,18 @@ import numpy as np
 import optax
 from absl import logging
 
-from marjax.builders import StepPlan, model_from_config, optimizer_from_config, schedule_from_config, state_layout
+from marjax.builders import (StepPlan, mar_train_step, model_from_config, optimizer_from_config, schedule_from_config,
+                             state_layout)
 from marjax.data.image_ops import to_model_range, to_uint8
 from marjax.models.kl_vae import AutoencoderKL
 from marjax.models.lpips import LPIPS, load_lpips
 from marjax.models.patch_discriminator import PatchDiscriminator
 from marjax.sample import sample_images, sample_labels
-from marjax.sharding import state_shardings
-from marjax.tokenizer_train_step import TokenizerLoss, create_tokenizer_state, make_tokenizer_train_step
+from marjax.sharding import logical_axes, optimizer_shardings, param_shardings, replicated, with_shardings
+from marjax.tokenizer_train_step import (TokenizerLoss, TokenizerTrainState, create_tokenizer_state,
+                                         init_boxed_tokenizer_variables, make_tokenizer_train_step)
 from marjax.tokenizers import make_tokenizer, vae_from_config
-from marjax.train_step import create_train_state, make_train_step
+from marjax.train_step import create_train_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +63,8 @@ def mar_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.shardi
     tokenizer = make_tokenizer(config)
     model = model_from_config(config)
     tx, schedule = optimizer_from_config(config, plan)
-    abstract_state, shardings = state_layout(model, tx, mesh, config.mesh.fsdp_min_size)
-    t = config.train
-    step = make_train_step(model, tx, schedule, mask_ratio_min=t.mask_ratio_min, label_drop_prob=t.label_drop_prob,
-                           diffusion_batch_mul=t.diffusion_batch_mul, ema_rate=t.ema_rate)
+    abstract_state, shardings = state_layout(model, tx, mesh, config.mesh)
+    step = mar_train_step(config, model, tx, schedule)
 
     def prepare_batch(batch: dict, key: jax.Array) -> dict:
         if "moments" in batch:  # a latent cache: sample the stored posterior, as encoding would
@@ -72,7 +73,7 @@ def mar_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.shardi
             latents = tokenizer.encode(batch["images"], key)
         return {"latents": latents, "labels": batch["labels"]}
 
-    labels = sample_labels(t.num_grid_samples, config.data.num_classes)
+    labels = sample_labels(config.train.num_grid_samples, config.data.num_classes)
 
     def visualize(state, key):
         return sample_images(model, state.ema_params, labels, key, config.sample, tokenizer), labels
@@ -98,8 +99,8 @@ def tokenizer_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.
     example = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels))
     init = functools.partial(create_tokenizer_state, model, disc, tx, disc_tx, example)
     shapes = jax.eval_shape(init, jax.random.key(0))
-    shardings = state_shardings(shapes, mesh, config.mesh.fsdp_min_size)
-    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+    shardings = _tokenizer_shardings(shapes, model, disc, tx, disc_tx, example, mesh, config.mesh)
+    abstract_state = with_shardings(shapes, shardings)
     lpips, lpips_params = _lpips(v)
     loss = TokenizerLoss(reconstruction=v.reconstruction, kl_weight=v.kl_weight, codebook_weight=v.codebook_weight,
                          disc_weight=v.disc_weight, disc_start=v.disc_start,
@@ -121,6 +122,23 @@ def tokenizer_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.
 
     return Task(abstract_state, shardings, init, step, lambda batch, key: {"images": batch["images"]}, visualize,
                 sum(x.size for x in jax.tree.leaves(abstract_state.params["model"])), lpips_params)
+
+
+
+def _tokenizer_shardings(shapes: TokenizerTrainState, model: nn.Module, disc: PatchDiscriminator,
+                         tx: optax.GradientTransformation, disc_tx: optax.GradientTransformation, example: jax.Array,
+                         mesh: jax.sharding.Mesh, mesh_config: ml_collections.ConfigDict) -> TokenizerTrainState:
+    """The tokenizer state's shardings: params by their logical names and `mesh_config.rules`, EMA
+    and optimizer moments as their params, BatchNorm statistics and counts replicated."""
+    names, disc_names = logical_axes(lambda: init_boxed_tokenizer_variables(model, disc, example, jax.random.key(0)))
+    rules, min_size = mesh_config.rules, mesh_config.fsdp_min_size
+    params = param_shardings(names, shapes.params, mesh, rules, min_size)
+    disc_params = param_shardings(disc_names["params"], shapes.disc_params, mesh, rules, min_size)
+    return TokenizerTrainState(
+        step=replicated(mesh), params=params, ema_params=params["model"],
+        opt_state=optimizer_shardings(tx, shapes.opt_state, params, mesh), disc_params=disc_params,
+        disc_stats=jax.tree.map(lambda _: replicated(mesh), shapes.disc_stats),
+        disc_opt_state=optimizer_shardings(disc_tx, shapes.disc_opt_state, disc_params, mesh))
 
 
 def _lpips(vae: ml_collections.ConfigDict) -> tuple[LPIPS, dict | None]:

@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any, Callable
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -61,16 +62,23 @@ def adaptive_weight(nll_grad: jax.Array, g_grad: jax.Array, disc_weight: float) 
     return jax.lax.stop_gradient(jnp.clip(weight, 0.0, 1e4) * disc_weight)
 
 
-def create_tokenizer_state(model: AutoencoderKL | VQModel, disc: PatchDiscriminator, tx: optax.GradientTransformation,
-                           disc_tx: optax.GradientTransformation, images: jax.Array,
-                           rng: jax.Array) -> TokenizerTrainState:
-    """Fresh state for inputs shaped like `images` (B, H, W, C)."""
+def init_boxed_tokenizer_variables(model: AutoencoderKL | VQModel, disc: PatchDiscriminator, images: jax.Array,
+                                   rng: jax.Array) -> tuple[dict, dict]:
+    """(params {"model", "logvar" for KL}, discriminator variables {"params", "batch_stats"}) for
+    inputs shaped like `images`, each param boxed with its logical axis names."""
     model_key, disc_key, sample_key = jax.random.split(rng, 3)
     args = (images, sample_key) if isinstance(model, AutoencoderKL) else (images,)
     params = {"model": model.init(model_key, *args)["params"]}
     if isinstance(model, AutoencoderKL):
         params["logvar"] = jnp.zeros((), jnp.float32)
-    disc_vars = disc.init(disc_key, images, train=False)
+    return params, disc.init(disc_key, images, train=False)
+
+
+def create_tokenizer_state(model: AutoencoderKL | VQModel, disc: PatchDiscriminator, tx: optax.GradientTransformation,
+                           disc_tx: optax.GradientTransformation, images: jax.Array,
+                           rng: jax.Array) -> TokenizerTrainState:
+    """Fresh state for inputs shaped like `images` (B, H, W, C)."""
+    params, disc_vars = nn.unbox(init_boxed_tokenizer_variables(model, disc, images, rng))
     return TokenizerTrainState(step=jnp.zeros((), jnp.int32), params=params,
                                ema_params=jax.tree.map(jnp.copy, params["model"]), opt_state=tx.init(params),
                                disc_params=disc_vars["params"], disc_stats=disc_vars["batch_stats"],

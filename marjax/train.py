@@ -22,12 +22,12 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
 from marjax import config_checks
-from marjax.builders import step_plan
+from marjax.builders import jit_train_step, step_plan
 from marjax.checkpoints import RunCheckpoints
 from marjax.data.pipeline import global_batch, make_dataset
 from marjax.data.sources import make_source
 from marjax.sample import write_samples
-from marjax.sharding import batch_sharding, make_mesh, replicated
+from marjax.sharding import batch_sharding, mesh_from_config, replicated
 from marjax.tasks import make_task
 
 
@@ -61,7 +61,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     config_checks.validate(config)
     source = make_source(config.data)
     plan = step_plan(config, len(source))
-    mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
+    mesh = mesh_from_config(config.mesh)
     task = make_task(config, plan, mesh, source)
     logging.info("%s: %d parameters; %d records, %d steps per epoch, %d steps (%d warmup), peak lr %g; mesh %s",
                  config.task, task.num_params, len(source), plan.steps_per_epoch, plan.total_steps,
@@ -81,10 +81,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
         state = checkpoints.restore(latest, task.abstract_state, data_iterator)
         logging.info("resumed from the checkpoint at step %d in %s", latest, checkpoints.directory)
 
-    batch_shard, rep = batch_sharding(mesh), replicated(mesh)
-    train_step = jax.jit(task.step, in_shardings=(task.shardings, batch_shard, rep, rep),
-                         out_shardings=(task.shardings, rep), donate_argnums=0)
-    frozen = jax.device_put(task.frozen, rep)
+    batch_shard = batch_sharding(mesh)
+    train_step = jit_train_step(task.step, task.shardings, mesh, takes_frozen=True)
+    frozen = jax.device_put(task.frozen, replicated(mesh))
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if latest is None:

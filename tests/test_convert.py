@@ -105,7 +105,7 @@ def test_converted_mar_workdir_restores_and_exports_back(tmp_path):
     convert.write_mar_workdir(state, ema, config, workdir)
     model = model_from_config(config)
     tx, _ = optimizer_from_config(config, step_plan(config, 64))
-    abstract, _ = state_layout(model, tx, make_mesh(), config.mesh.fsdp_min_size)
+    abstract, _ = state_layout(model, tx, make_mesh(), config.mesh)
     checkpoints = RunCheckpoints(workdir, read_only=True)
     checkpoints.check_compatible(0, abstract.params, config)
     restored = checkpoints.restore(0, abstract, None)

@@ -26,6 +26,16 @@ TINY_OVERRIDES = [
 ]
 
 
+# Multi-device runs compile an SPMD program per mesh; XLA's cheaper CPU code generation halves
+# their compile time, and their losses still agree with the one-device runs to the stated rtol.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def fake_devices(count: int) -> dict:
+    """Environment for a subprocess with `count` CPU devices, compiled the cheap way."""
+    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count} {FAST_COMPILE_FLAGS}"}
+
+
 def command(workdir, *extra):
     return [sys.executable, "-m", "marjax.main", "--config=configs/digits.py", f"--workdir={workdir}",
             *TINY_OVERRIDES, *extra]
@@ -193,8 +203,7 @@ def test_resume_onto_an_eight_device_fsdp_mesh(uninterrupted, tmp_path):
     os.makedirs(os.path.join(workdir, "checkpoints"))
     shutil.copytree(os.path.join(uninterrupted[0], "checkpoints", "8"), os.path.join(workdir, "checkpoints", "8"))
     run(workdir, "--config.train.num_steps=12", "--config.train.checkpoint_every_steps=4",
-        "--config.mesh.fsdp=4", "--config.mesh.fsdp_min_size=256",
-        extra_env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+        "--config.mesh.fsdp=4", "--config.mesh.fsdp_min_size=256", extra_env=fake_devices(8))
     reference, resumed = losses(uninterrupted[0]), losses(workdir)
     assert sorted(resumed) == [9, 10, 11, 12]
     np.testing.assert_allclose([resumed[s] for s in range(9, 13)], [reference[s] for s in range(9, 13)],

@@ -1,4 +1,5 @@
 """The ViT block against an independent NumPy statement of the reference (timm 0.9.12 Block)."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +37,7 @@ def np_block(x, p, heads, kv_len=None):
 
 
 def random_params(block, x, seed=0):
-    params = block.init(jax.random.key(seed), x)["params"]
+    params = nn.unbox(block.init(jax.random.key(seed), x)["params"])
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
     return jax.tree.unflatten(tree, [v + 0.2 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])

@@ -1,4 +1,5 @@
 """Nearest-code lookup, losses, straight-through gradients and code statistics."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,7 +60,7 @@ def test_vq_model_shapes_and_code_round_trip():
     model = VQModel(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), z_channels=32,
                     codebook_size=64, code_dim=4, resolution=16, image_channels=1)
     images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 1), minval=-1, maxval=1)
-    params = model.init(jax.random.key(1), images)["params"]
+    params = nn.unbox(model.init(jax.random.key(1), images)["params"])
     recon, codes, stats = model.apply({"params": params}, images)
     assert recon.shape == images.shape and codes.shape == (2, 8, 8) and codes.dtype == jnp.int32
     assert set(stats) == {"codebook_loss", "commitment_loss", "codebook_usage", "perplexity"}

@@ -39,7 +39,8 @@ class TimestepEmbedder(nn.Module):
 
     @nn.compact
     def __call__(self, t: jax.Array) -> jax.Array:
-        h = dense(self.width, "mlp_0", self.dtype, kernel_init=normal_002)(timestep_embedding(t))
+        h = dense(self.width, "mlp_0", self.dtype, kernel_init=normal_002, axes=("freq", "embed"))(
+            timestep_embedding(t))
         return dense(self.width, "mlp_2", self.dtype, kernel_init=normal_002)(nn.silu(h))
 
 
@@ -51,7 +52,8 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
         width = x.shape[-1]
-        modulation = dense(3 * width, "adaLN_modulation", self.dtype, kernel_init=zeros)(nn.silu(y))
+        modulation = dense(3 * width, "adaLN_modulation", self.dtype, kernel_init=zeros,
+                           axes=("embed", "mlp"))(nn.silu(y))
         shift, scale, gate = jnp.split(modulation, 3, axis=-1)
         h = modulate(layer_norm("in_ln", self.dtype)(x), shift, scale)
         h = dense(width, "mlp_2", self.dtype)(nn.silu(dense(width, "mlp_0", self.dtype)(h)))
@@ -67,10 +69,11 @@ class FinalLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
         width = x.shape[-1]
-        modulation = dense(2 * width, "adaLN_modulation", self.dtype, kernel_init=zeros)(nn.silu(y))
+        modulation = dense(2 * width, "adaLN_modulation", self.dtype, kernel_init=zeros,
+                           axes=("embed", "mlp"))(nn.silu(y))
         shift, scale = jnp.split(modulation, 2, axis=-1)
         h = modulate(layer_norm("norm_final", self.dtype, affine=False)(x), shift, scale)
-        return dense(self.out_channels, "linear", self.dtype, kernel_init=zeros)(h)
+        return dense(self.out_channels, "linear", self.dtype, kernel_init=zeros, axes=("embed", "token"))(h)
 
 
 class SimpleMLPAdaLN(nn.Module):
@@ -86,7 +89,7 @@ class SimpleMLPAdaLN(nn.Module):
     def __call__(self, x: jax.Array, t: jax.Array, c: jax.Array) -> jax.Array:
         y = TimestepEmbedder(self.width, self.dtype, name="time_embed")(t)
         y = y + dense(self.width, "cond_embed", self.dtype)(c)
-        h = dense(self.width, "input_proj", self.dtype)(x)
+        h = dense(self.width, "input_proj", self.dtype, axes=("token", "embed"))(x)
         for i in range(self.depth):
             h = ResBlock(self.dtype, name=f"res_blocks_{i}")(h, y)
         return FinalLayer(2 * self.token_dim, self.dtype, name="final_layer")(h, y)

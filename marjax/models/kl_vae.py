@@ -19,17 +19,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from marjax.models.layers import named
+
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+CONV_AXES = (None, None, "conv_in", "conv_out")  # logical names of a (kh, kw, in, out) kernel
 
 
 def conv(features: int, kernel: int, name: str, stride: int = 1, padding: str | int = "SAME") -> nn.Conv:
     pad = padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad,
-                   kernel_init=torch_default_init, name=name)
+                   kernel_init=named(torch_default_init, *CONV_AXES),
+                   bias_init=named(nn.initializers.zeros, CONV_AXES[-1]), name=name)
 
 
 def group_norm(name: str) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, epsilon=1e-6, use_fast_variance=False, name=name)
+    return nn.GroupNorm(num_groups=32, epsilon=1e-6, use_fast_variance=False,
+                        scale_init=named(nn.initializers.ones, "norm"),
+                        bias_init=named(nn.initializers.zeros, "norm"), name=name)
 
 
 class ResnetBlock(nn.Module):
@@ -191,5 +197,10 @@ KL_PRESETS = {"kl16": dict(embed_dim=16, ch=128, ch_mult=(1, 1, 2, 2, 4), num_re
 
 def init_vae_params(model: AutoencoderKL, rng: jax.Array, image_size: int = 256) -> dict:
     """Initial params for (1, image_size, image_size, C) inputs."""
+    return nn.unbox(init_boxed_vae_params(model, rng, image_size))
+
+
+def init_boxed_vae_params(model: AutoencoderKL, rng: jax.Array, image_size: int = 256) -> dict:
+    """`init_vae_params` with each param boxed with its logical axis names."""
     images = jnp.zeros((1, image_size, image_size, model.image_channels))
     return model.init(rng, images, jax.random.key(0))["params"]

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from marjax import diffusion
 from marjax.models.diffloss_mlp import SimpleMLPAdaLN
-from marjax.models.layers import Dtype, dense, layer_norm
+from marjax.models.layers import Dtype, dense, layer_norm, named
 from marjax.models.transformer import Block
 
 normal_002 = nn.initializers.normal(0.02)
@@ -98,23 +98,25 @@ class MAR(nn.Module):
 
     def setup(self):
         enc, dec, rows = self.encoder_width, self.decoder_width, self.buffer_size + self.seq_len
-        self.class_emb = nn.Embed(self.num_classes, enc, embedding_init=normal_002, name="class_emb")
-        self.fake_latent = self.param("fake_latent", normal_002, (1, enc))
-        self.z_proj = dense(enc, "z_proj", self.dtype)
+        self.class_emb = nn.Embed(self.num_classes, enc, embedding_init=named(normal_002, "classes", "embed"),
+                                  name="class_emb")
+        self.fake_latent = self.param("fake_latent", named(normal_002, None, "embed"), (1, enc))
+        self.z_proj = dense(enc, "z_proj", self.dtype, axes=("token", "embed"))
         self.z_proj_ln = layer_norm("z_proj_ln", self.dtype)
-        self.encoder_pos_embed_learned = self.param("encoder_pos_embed_learned", normal_002, (1, rows, enc))
+        position_init = named(normal_002, None, "seq", "embed")
+        self.encoder_pos_embed_learned = self.param("encoder_pos_embed_learned", position_init, (1, rows, enc))
         self.encoder_blocks = [self._block(self.encoder_heads, f"encoder_blocks_{i}")
                                for i in range(self.encoder_depth)]
         self.encoder_norm = layer_norm("encoder_norm", self.dtype)
 
         self.decoder_embed = dense(dec, "decoder_embed", self.dtype)
-        self.mask_token = self.param("mask_token", normal_002, (1, 1, dec))
-        self.decoder_pos_embed_learned = self.param("decoder_pos_embed_learned", normal_002, (1, rows, dec))
+        self.mask_token = self.param("mask_token", named(normal_002, None, None, "embed"), (1, 1, dec))
+        self.decoder_pos_embed_learned = self.param("decoder_pos_embed_learned", position_init, (1, rows, dec))
         self.decoder_blocks = [self._block(self.decoder_heads, f"decoder_blocks_{i}")
                                for i in range(self.decoder_depth)]
         self.decoder_norm = layer_norm("decoder_norm", self.dtype)
         self.diffusion_pos_embed_learned = self.param(
-            "diffusion_pos_embed_learned", normal_002, (1, self.seq_len, dec))
+            "diffusion_pos_embed_learned", position_init, (1, self.seq_len, dec))
 
         self.diffloss = SimpleMLPAdaLN(self.token_dim, self.diffloss_width, self.diffloss_depth,
                                        self.dtype, name="diffloss")
@@ -226,6 +228,11 @@ def mar_preset(name: str, **overrides: Any) -> MAR:
 
 def init_params(model: MAR, rng: jax.Array, batch_size: int = 1) -> dict:
     """Initial params of `model` (a pytree of fp32 arrays), touching every submodule once."""
+    return nn.unbox(init_boxed_params(model, rng, batch_size))
+
+
+def init_boxed_params(model: MAR, rng: jax.Array, batch_size: int = 1) -> dict:
+    """`init_params` with each param boxed with its logical axis names (`nn.LogicallyPartitioned`)."""
     tokens = jnp.zeros((batch_size, model.seq_len, model.token_dim), jnp.float32)
     labels = jnp.zeros((batch_size,), jnp.int32)
     mask = jnp.zeros((batch_size, model.seq_len), bool)

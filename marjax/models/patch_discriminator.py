@@ -9,10 +9,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from marjax.models.kl_vae import CONV_AXES
+from marjax.models.layers import named
+
 
 def _conv(features: int, stride: int, use_bias: bool, name: str) -> nn.Conv:
     return nn.Conv(features, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)), use_bias=use_bias,
-                   kernel_init=nn.initializers.normal(0.02), name=name)
+                   kernel_init=named(nn.initializers.normal(0.02), *CONV_AXES),
+                   bias_init=named(nn.initializers.zeros, CONV_AXES[-1]), name=name)
 
 
 def _scale_init(key, shape, dtype=jnp.float32):
@@ -31,7 +35,8 @@ class PatchDiscriminator(nn.Module):
         for n in range(1, self.num_layers + 1):
             stride = 2 if n < self.num_layers else 1
             x = _conv(self.ndf * min(2 ** n, 8), stride, False, f"conv_{n}")(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, scale_init=_scale_init,
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             scale_init=named(_scale_init, "norm"), bias_init=named(nn.initializers.zeros, "norm"),
                              name=f"norm_{n}")(x)
             x = nn.leaky_relu(x, 0.2)
         return _conv(1, 1, True, f"conv_{self.num_layers + 1}")(x)

@@ -43,14 +43,14 @@ class Attention(nn.Module):
         """x: (B, N, D); kv_lengths: (B,) int, keys at positions >= length are ignored. Returns (B, N, D)."""
         b, n, width = x.shape
         head_dim = width // self.num_heads
-        qkv = dense(3 * width, "qkv", self.dtype)(x).reshape(b, n, 3, self.num_heads, head_dim)
+        qkv = dense(3 * width, "qkv", self.dtype, axes=("embed", "qkv"))(x).reshape(b, n, 3, self.num_heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.attn_dropout > 0.0 and not deterministic:
             out = _explicit_attention(q, k, v, kv_lengths, nn.Dropout(self.attn_dropout), deterministic)
         else:
             out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths,
                                                implementation=self.attention_impl)
-        out = dense(width, "proj", self.dtype)(out.reshape(b, n, width))
+        out = dense(width, "proj", self.dtype, axes=("heads", "embed"))(out.reshape(b, n, width))
         return nn.Dropout(self.proj_dropout)(out, deterministic=deterministic)
 
 
@@ -64,9 +64,9 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         width = x.shape[-1]
-        h = nn.gelu(dense(self.hidden, "fc1", self.dtype)(x), approximate=False)
+        h = nn.gelu(dense(self.hidden, "fc1", self.dtype, axes=("embed", "mlp"))(x), approximate=False)
         h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-        h = dense(width, "fc2", self.dtype)(h)
+        h = dense(width, "fc2", self.dtype, axes=("mlp", "embed"))(h)
         return nn.Dropout(self.dropout)(h, deterministic=deterministic)
 
 

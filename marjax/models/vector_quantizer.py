@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from marjax.models.layers import named
+
 
 def _normalize(x: jax.Array) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -40,7 +42,8 @@ class VectorQuantizer(nn.Module):
         """z: (..., code_dim) -> (z_q with straight-through gradients (..., code_dim),
         indices (...) int32, {"codebook_loss", "commitment_loss", "codebook_usage", "perplexity"})."""
         k = self.codebook_size
-        codebook = self.param("codebook", _uniform(1.0 / k), (k, self.code_dim))  # as LlamaGen
+        codebook_init = named(_uniform(1.0 / k), "codes", "code_dim")  # uniform(+-1/k) as LlamaGen
+        codebook = self.param("codebook", codebook_init, (k, self.code_dim))
         if self.l2_normalize:
             z, codebook = _normalize(z), _normalize(codebook)
         flat = z.reshape(-1, self.code_dim)

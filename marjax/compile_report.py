@@ -1,0 +1,84 @@
+"""`--mode=compile`: lower and compile the MAR train step for the config's mesh, without
+allocating the state, and report per-device memory and FLOPs per step.
+
+Inputs are abstract (shapes, dtypes and shardings only), so a MAR-H state for a 64-chip pod
+can be planned on a laptop. Without the hardware, ask JAX for fake CPU devices of the same
+mesh shape:
+
+  XLA_FLAGS="--xla_force_host_platform_device_count=64 --xla_backend_optimization_level=0" JAX_PLATFORMS=cpu \
+    python -m marjax.main --config=configs/mar_huge.py --workdir=/tmp/plan --mode=compile \
+    --config.mesh.fsdp=64 --config.train.global_batch_size=2048
+
+On fake CPU devices the argument, output and state bytes per device are exact (they follow from
+the shardings); temporaries are what the CPU compiler plans, which differs from a TPU's or a
+GPU's. FLOPs are XLA's cost analysis of one device's program. `--xla_backend_optimization_level=0`
+only makes the CPU code generation cheaper: the memory analysis and FLOPs are the same.
+"""
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from marjax.builders import (jit_train_step, mar_train_step, model_from_config, optimizer_from_config, state_layout,
+                             step_plan)
+from marjax.config_checks import ConfigError
+from marjax.config_base import IMAGENET_TRAIN_IMAGES
+from marjax.sharding import batch_sharding, mesh_from_config, replicated
+
+GIB = 2 ** 30
+
+
+def _bytes_per_device(abstract: object) -> int:
+    """Bytes one device holds of the arrays in `abstract` (ShapeDtypeStructs with shardings)."""
+    return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+
+
+def compile_report(config: ml_collections.ConfigDict) -> list[dict]:
+    """Compiles the MAR train step of `config` on its mesh. Returns three records: "setup"
+    (params, mesh, batches), "memory" (per device, bytes and GiB), "cost" (FLOPs per step)."""
+    if config.task != "mar":
+        raise ConfigError(f"--mode=compile plans the MAR train step; config.task is {config.task!r}")
+    mesh = mesh_from_config(config.mesh)
+    model = model_from_config(config)
+    tx, schedule = optimizer_from_config(config, step_plan(config, IMAGENET_TRAIN_IMAGES))
+    abstract_state, shardings = state_layout(model, tx, mesh, config.mesh)
+    batch_size = config.train.global_batch_size
+    if batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        raise ConfigError(f"train.global_batch_size={batch_size} does not split over the mesh's "
+                         f"{mesh.shape['data']} x {mesh.shape['fsdp']} batch shards")
+    side = model.latent_size
+    batch = {"latents": jax.ShapeDtypeStruct((batch_size, side, side, model.latent_channels), np.float32,
+                                             sharding=batch_sharding(mesh)),
+             "labels": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=batch_sharding(mesh))}
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated(mesh))
+    step = jit_train_step(mar_train_step(config, model, tx, schedule), shardings, mesh)
+    compiled = step.lower(abstract_state, batch, rng).compile()
+
+    memory = compiled.memory_analysis()
+    sizes = {"arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
+             "temps": memory.temp_size_in_bytes, "aliases": memory.alias_size_in_bytes,
+             "state": _bytes_per_device(abstract_state), "params": _bytes_per_device(abstract_state.params)}
+    # Donated state aliases its outputs: the live peak is arguments + outputs - aliases + temps.
+    sizes["peak"] = sizes["arguments"] + sizes["outputs"] - sizes["aliases"] + sizes["temps"]
+    cost = compiled.cost_analysis()
+    num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
+    return [
+        {"report": "setup", "num_params": int(num_params), "mesh": dict(mesh.shape),
+         "device": jax.devices()[0].device_kind, "num_devices": mesh.size, "global_batch": batch_size,
+         "batch_per_device": batch_size // (mesh.shape["data"] * mesh.shape["fsdp"]), "dtype": config.model.dtype},
+        {"report": "memory", "per_device_bytes": sizes,
+         "per_device_gib": {k: round(v / GIB, 3) for k, v in sizes.items()}},
+        {"report": "cost", "flops_per_device": float(cost.get("flops", -1.0)),
+         "bytes_accessed_per_device": float(cost.get("bytes accessed", -1.0))},
+    ]
+
+
+def write_compile_report(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Prints the report as JSON lines and writes them to `<workdir>/compile_report.jsonl`."""
+    lines = [json.dumps(record) for record in compile_report(config)]
+    print("\n".join(lines), flush=True)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "compile_report.jsonl"), "w") as f:
+        f.write("\n".join(lines) + "\n")

@@ -1,0 +1,141 @@
+"""Logical axis names on every param, the rules that map them to the mesh, and sharded training
+on 8 fake CPU devices (a subprocess: the device count is fixed when JAX starts)."""
+import json
+import os
+import subprocess
+import sys
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AbstractMesh, PartitionSpec as P
+
+from marjax.config_base import base_config
+from marjax.config_checks import ConfigError
+from marjax.models.kl_vae import AutoencoderKL
+from marjax.models.mar import MAR, init_boxed_params
+from marjax.models.patch_discriminator import PatchDiscriminator
+from marjax.models.vq_tokenizer import VQModel
+from marjax.sharding import MESH_AXES, logical_axes, make_mesh, mesh_from_config, mesh_spec
+from marjax.tokenizer_train_step import init_boxed_tokenizer_variables
+from tests.test_main_program import REPO, fake_devices
+
+RULES = base_config().mesh.rules
+MESH_2x4x2 = AbstractMesh((2, 4, 2), MESH_AXES)
+MESH_1x8x1 = AbstractMesh((1, 8, 1), MESH_AXES)
+
+
+@pytest.mark.parametrize("names, shape, mesh, expected", [
+    (P("embed", "mlp"), (32, 128), MESH_1x8x1, P("fsdp", None)),      # FSDP on the first divisible rule
+    (P("mlp", "embed"), (128, 32), MESH_1x8x1, P(None, "fsdp")),      # "embed" outranks "mlp"
+    (P("embed", "mlp"), (32, 128), MESH_2x4x2, P("fsdp", "tensor")),  # "mlp" over "tensor" first
+    (P("classes", "embed"), (10, 36), MESH_1x8x1, P(None, None)),     # 36 and 10: not divisible by 8
+    (P("embed", "embed"), (36, 64), MESH_1x8x1, P(None, "fsdp")),     # one mesh axis used once
+    (P("norm"), (1 << 12,), MESH_1x8x1, P(None)),                     # no rule for "norm"
+    (P("embed", "mlp"), (8, 16), MESH_1x8x1, P()),                     # under min_size: replicated
+])
+def test_rules_map_logical_names_to_mesh_axes(names, shape, mesh, expected):
+    assert mesh_spec(names, shape, mesh, RULES, min_size=256) == expected
+
+
+def _every_param_named(names, shapes):
+    flat_names = flax.traverse_util.flatten_dict(names)
+    flat_shapes = flax.traverse_util.flatten_dict(shapes)
+    assert flat_names.keys() == flat_shapes.keys()
+    unnamed = ["/".join(path) for path, x in flat_shapes.items() if len(flat_names[path]) != len(x.shape)]
+    assert not unnamed, unnamed
+
+
+def test_every_mar_param_has_a_name_per_dimension():
+    model = MAR(latent_size=4, latent_channels=4, encoder_width=16, encoder_depth=1, encoder_heads=2,
+                decoder_width=16, decoder_depth=1, decoder_heads=2, num_classes=3, buffer_size=2,
+                diffloss_depth=1, diffloss_width=16)
+    init = lambda: init_boxed_params(model, jax.random.key(0))  # noqa: E731
+    _every_param_named(logical_axes(init), flax.linen.unbox(jax.eval_shape(init)))
+
+
+@pytest.mark.parametrize("model", [
+    AutoencoderKL(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=16),
+    VQModel(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), z_channels=32, codebook_size=64,
+            code_dim=4, resolution=16),
+], ids=["kl_vae", "vq"])
+def test_every_tokenizer_and_discriminator_param_has_a_name_per_dimension(model):
+    images = jnp.zeros((1, 16, 16, 3))
+    init = lambda: init_boxed_tokenizer_variables(model, PatchDiscriminator(8, 2), images,  # noqa: E731
+                                                  jax.random.key(0))
+    (names, disc_names), (shapes, disc_vars) = logical_axes(init), flax.linen.unbox(jax.eval_shape(init))
+    _every_param_named(names, shapes)
+    _every_param_named(disc_names["params"], disc_vars["params"])
+
+
+def test_mesh_sizes_and_rules_from_the_config():
+    mesh_config = base_config().mesh
+    assert dict(mesh_from_config(mesh_config).shape) == {"data": 1, "fsdp": 1, "tensor": 1}
+    with pytest.raises(ValueError, match="only one of"):
+        make_mesh(-1, -1, 1)
+    mesh_config.fsdp = 2
+    with pytest.raises(ConfigError, match="does not cover"):
+        mesh_from_config(mesh_config)
+    mesh_config.fsdp = 0
+    with pytest.raises(ConfigError, match="mesh.fsdp=0"):
+        mesh_from_config(mesh_config)
+    mesh_config.fsdp = 1
+    mesh_config.rules = (("embed", "model"),)
+    with pytest.raises(ConfigError, match="mesh axis in"):
+        mesh_from_config(mesh_config)
+
+
+@pytest.fixture(scope="module")
+def sharded_runs():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **fake_devices(8)}
+    result = subprocess.run([sys.executable, "-m", "tests.sharded_training"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_training_matches_one_device(sharded_runs):
+    """8-device FSDP and 2x2x2 data/FSDP/tensor give the one-device losses to rtol 1e-5: the
+    same math, only the reduction order of sharded sums differs (observed: < 1e-6)."""
+    reference = sharded_runs["one_device"]["losses"]
+    assert len(reference) == 3 and all(np.isfinite(reference))
+    for name in ("fsdp8", "data2_fsdp2_tensor2"):
+        assert sharded_runs[name]["num_devices"] == 8
+        np.testing.assert_allclose(sharded_runs[name]["losses"], reference, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("run, param, spec, shard_shape", [
+    ("fsdp8", "decoder_blocks_0/mlp/fc1/kernel", ["fsdp", None], [4, 128]),
+    ("fsdp8", "decoder_pos_embed_learned", [None, None, "fsdp"], [1, 20, 4]),
+    ("fsdp8", "decoder_blocks_0/norm1/scale", [], [32]),                  # under fsdp_min_size
+    ("data2_fsdp2_tensor2", "decoder_blocks_0/mlp/fc1/kernel", ["fsdp", "tensor"], [16, 64]),
+    ("one_device", "decoder_blocks_0/mlp/fc1/kernel", [None, None], [32, 128]),
+])
+def test_params_ema_and_adam_moments_are_sharded_alike(sharded_runs, run, param, spec, shard_shape):
+    watched = sharded_runs[run]["watched"][param]
+    for array in ("param", "ema", "adam_mu"):
+        assert watched[array]["spec"] == spec, (array, watched[array])
+        assert watched[array]["shard_shape"] == shard_shape, (array, watched[array])
+
+
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_tokenizer_state_shardings_follow_the_params(kind):
+    """The tokenizer task's layout on a 1 x 2 x 1 mesh: EMA and Adam moments as their params, the
+    discriminator's big kernels split over "fsdp", its BatchNorm statistics replicated."""
+    from configs import digits_vae
+    from marjax.builders import step_plan
+    from marjax.tasks import make_task
+
+    config = digits_vae.get_config(kind if kind == "vq" else None)
+    config.mesh.fsdp_min_size = 4096
+    source = [{"image": np.zeros((16, 16, 1), np.uint8), "label": 0}]
+    task = make_task(config, step_plan(config, 64), AbstractMesh((1, 2, 1), MESH_AXES), source)
+    s = task.shardings
+    assert jax.tree.structure(s) == jax.tree.structure(task.abstract_state)
+    assert s.ema_params == s.params["model"]
+    assert s.opt_state[0].mu == s.params and s.disc_opt_state[0].nu == s.disc_params
+    assert s.params["model"]["decoder"]["up_1_block_0"]["conv1"]["kernel"].spec == P(None, None, None, "fsdp")
+    assert s.disc_params["conv_2"]["kernel"].spec == P(None, None, None, "fsdp")
+    assert all(x.spec == P() for x in jax.tree.leaves(s.disc_stats))
