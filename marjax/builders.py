@@ -78,11 +78,13 @@ def state_layout(model: MAR, tx: optax.GradientTransformation, mesh: jax.shardin
 
 
 def mar_train_step(config: ml_collections.ConfigDict, model: MAR, tx: optax.GradientTransformation,
-                   schedule: optax.Schedule) -> Callable:
-    """The pure MAR step `(state, batch, rng) -> (state, metrics)` with the recipe of `config.train`."""
+                   schedule: optax.Schedule, mesh: jax.sharding.Mesh) -> Callable:
+    """The pure MAR step `(state, batch, rng) -> (state, metrics)` with the recipe of `config.train`,
+    its DiffLoss rows split over `mesh` like the batch."""
     t = config.train
     return make_train_step(model, tx, schedule, mask_ratio_min=t.mask_ratio_min, label_drop_prob=t.label_drop_prob,
-                           diffusion_batch_mul=t.diffusion_batch_mul, ema_rate=t.ema_rate)
+                           diffusion_batch_mul=t.diffusion_batch_mul, ema_rate=t.ema_rate,
+                           row_sharding=batch_sharding(mesh))
 
 
 def jit_train_step(step: Callable, state_shardings: Any, mesh: jax.sharding.Mesh,

@@ -35,12 +35,13 @@ def _bytes_per_device(abstract: object) -> int:
     return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in jax.tree.leaves(abstract))
 
 
-def compile_report(config: ml_collections.ConfigDict) -> list[dict]:
-    """Compiles the MAR train step of `config` on its mesh. Returns three records: "setup"
-    (params, mesh, batches), "memory" (per device, bytes and GiB), "cost" (FLOPs per step)."""
+def compile_report(config: ml_collections.ConfigDict, devices: list | None = None) -> list[dict]:
+    """Compiles the MAR train step of `config` on its mesh over `devices` (default: all). Returns
+    three records: "setup" (params, mesh, batches), "memory" (per device, bytes and GiB), "cost"
+    (FLOPs per step)."""
     if config.task != "mar":
         raise ConfigError(f"--mode=compile plans the MAR train step; config.task is {config.task!r}")
-    mesh = mesh_from_config(config.mesh)
+    mesh = mesh_from_config(config.mesh, devices)
     model = model_from_config(config)
     tx, schedule = optimizer_from_config(config, step_plan(config, IMAGENET_TRAIN_IMAGES))
     abstract_state, shardings = state_layout(model, tx, mesh, config.mesh)
@@ -53,7 +54,7 @@ def compile_report(config: ml_collections.ConfigDict) -> list[dict]:
                                              sharding=batch_sharding(mesh)),
              "labels": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=batch_sharding(mesh))}
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated(mesh))
-    step = jit_train_step(mar_train_step(config, model, tx, schedule), shardings, mesh)
+    step = jit_train_step(mar_train_step(config, model, tx, schedule, mesh), shardings, mesh)
     compiled = step.lower(abstract_state, batch, rng).compile()
 
     memory = compiled.memory_analysis()

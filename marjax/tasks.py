@@ -64,7 +64,7 @@ def mar_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.shardi
     model = model_from_config(config)
     tx, schedule = optimizer_from_config(config, plan)
     abstract_state, shardings = state_layout(model, tx, mesh, config.mesh)
-    step = mar_train_step(config, model, tx, schedule)
+    step = mar_train_step(config, model, tx, schedule, mesh)
 
     def prepare_batch(batch: dict, key: jax.Array) -> dict:
         if "moments" in batch:  # a latent cache: sample the stored posterior, as encoding would

@@ -75,8 +75,9 @@ def create_train_state(model: MAR, tx: optax.GradientTransformation, rng: jax.Ar
 
 def make_train_step(model: MAR, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     mask_ratio_min: float = 0.7, label_drop_prob: float = 0.1,
-                    diffusion_batch_mul: int = 4,
-                    ema_rate: float = 0.9999) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+                    diffusion_batch_mul: int = 4, ema_rate: float = 0.9999,
+                    row_sharding: jax.sharding.Sharding | None = None,
+                    ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """Builds `train_step(state, batch, rng) -> (state, metrics)`.
 
     batch: {"latents": (B, H, W, C) float in model space (scaled VAE latents, or pixels in
@@ -101,7 +102,8 @@ def make_train_step(model: MAR, tx: optax.GradientTransformation, schedule: opta
 
         def loss_fn(params):
             loss, _ = model.apply({"params": params}, tokens, batch["labels"], mask, drop_label, t, noise,
-                                  num_keep_max, deterministic=False, rngs={"dropout": dropout_key})
+                                  num_keep_max, deterministic=False, row_sharding=row_sharding,
+                                  rngs={"dropout": dropout_key})
             return loss
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)

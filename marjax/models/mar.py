@@ -186,8 +186,8 @@ class MAR(nn.Module):
         return self.diffloss(x, t, z).astype(jnp.float32)
 
     def __call__(self, tokens: jax.Array, labels: jax.Array, mask: jax.Array, drop_label: jax.Array,
-                 t: jax.Array, noise: jax.Array, num_keep_max: int,
-                 deterministic: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 t: jax.Array, noise: jax.Array, num_keep_max: int, deterministic: bool = True,
+                 row_sharding: jax.sharding.Sharding | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The training loss with all randomness given.
 
         Args:
@@ -196,6 +196,8 @@ class MAR(nn.Module):
           t: (B*L*mul,) timesteps in 0..999 and noise: (B*L*mul, token_dim), for the rows of the
             flattened tokens tiled `mul` (diffusion_batch_mul) times as whole copies.
           num_keep_max: static bound on the number of unmasked tokens per sample.
+          row_sharding: where the DiffLoss rows live when the batch is split over devices (the
+            batch sharding of the mesh); None on one device.
         Returns:
           (loss, terms): loss = sum(row_loss * mask) / sum(mask) over the tiled rows; terms holds
           the per-row "mse", "vb" and "loss" (N,).
@@ -203,13 +205,24 @@ class MAR(nn.Module):
         b, seq_len, token_dim = tokens.shape
         z = self.condition(tokens, mask, labels, drop_label, num_keep_max, deterministic)
         mul = t.shape[0] // (b * seq_len)
-        target = jnp.tile(tokens.reshape(b * seq_len, token_dim).astype(jnp.float32), (mul, 1))
-        z = jnp.tile(z.reshape(b * seq_len, -1), (mul, 1))
-        row_mask = jnp.tile(mask.reshape(b * seq_len), mul).astype(jnp.float32)
+
+        # The rows are computed batch-major, (B, mul, L). In the copy-major order of `t`, `noise`
+        # and the returned terms (the reference's), the batch is not the leading dimension, so a
+        # batch split over devices cannot stay split: every device would hold all rows.
+        def batch_major(rows: jax.Array) -> jax.Array:
+            rows = jnp.swapaxes(rows.reshape((mul, b, seq_len) + rows.shape[1:]), 0, 1).reshape(rows.shape)
+            return rows if row_sharding is None else jax.lax.with_sharding_constraint(rows, row_sharding)
+
+        def copies(x: jax.Array) -> jax.Array:  # (B, L, ...) -> (B * mul * L, ...), batch-major
+            return jnp.broadcast_to(x[:, None], (b, mul) + x.shape[1:]).reshape((b * mul * seq_len,) + x.shape[2:])
+
+        t, noise = batch_major(t), batch_major(noise)
+        target = copies(tokens.astype(jnp.float32))
         x_t = diffusion.q_sample(TRAIN_DIFFUSION, target, t, noise)
-        terms = diffusion.training_losses(TRAIN_DIFFUSION, self.denoise(x_t, t, z), target, x_t, t, noise)
+        terms = diffusion.training_losses(TRAIN_DIFFUSION, self.denoise(x_t, t, copies(z)), target, x_t, t, noise)
+        row_mask = copies(mask).astype(jnp.float32)
         loss = jnp.sum(terms["loss"] * row_mask) / jnp.sum(row_mask)
-        return loss, terms
+        return loss, {k: jnp.swapaxes(v.reshape(b, mul, seq_len), 0, 1).reshape(-1) for k, v in terms.items()}
 
 
 TRAIN_DIFFUSION = diffusion.make_diffusion()
