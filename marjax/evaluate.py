@@ -36,9 +36,8 @@ from jax.experimental import multihost_utils
 
 from marjax import config_checks, metrics
 from marjax.data.image_ops import to_uint8
-from marjax.sample import sample_labels, write_png
-from marjax.sampler import generate
-from marjax.sharding import batch_sharding, make_mesh, replicated
+from marjax.sample import generate_latents, sample_labels, write_png
+from marjax.sharding import BATCH_AXES, batch_sharding, mesh_from_config, replicated
 
 ADM_REFERENCE_FILE = "VIRTUAL_imagenet256_labeled.npz"
 
@@ -76,8 +75,9 @@ def make_feature_network(config: ml_collections.ConfigDict, mesh: jax.sharding.M
     return FeatureNetwork("inception", extract, False, {})
 
 
-def global_batch(values: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
-    """A host array, the same on every process, as a global array split over the mesh's batch axes."""
+def split_host_array(values: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
+    """A host array, the same on every process, as a global array split over the mesh's batch axes
+    (unlike the training input's `data.pipeline.global_batch`, where each process holds its own part)."""
     return jax.make_array_from_callback(values.shape, batch_sharding(mesh), lambda index: values[index])
 
 
@@ -95,7 +95,7 @@ def features_of_images(network: FeatureNetwork, num_images: int, load: Callable[
     returns the (B, H, W, C) uint8 images of those indices."""
     chunks = []
     for indices, count in padded_batches(np.arange(num_images), batch_size):
-        outputs = multihost_utils.process_allgather(network.extract(global_batch(load(indices), mesh)), tiled=True)
+        outputs = multihost_utils.process_allgather(network.extract(split_host_array(load(indices), mesh)), tiled=True)
         chunks.append({k: v[:count] for k, v in outputs.items()})
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
@@ -166,13 +166,12 @@ def generate_and_extract(config: ml_collections.ConfigDict, params: dict, labels
     from marjax.builders import model_from_config
     from marjax.tokenizers import make_tokenizer
 
-    model, tokenizer, s = model_from_config(config), make_tokenizer(config), config.sample
-    rng = jax.random.key(s.seed)
+    model, tokenizer = model_from_config(config), make_tokenizer(config)
+    rng = jax.random.key(config.sample.seed)
     chunks, done = [], 0
     for batch, count in padded_batches(labels, batch_size):
-        latents = generate(model, params, global_batch(batch, mesh), jax.random.fold_in(rng, done),
-                           num_iter=s.num_iter, cfg=s.cfg, cfg_schedule=s.cfg_schedule, temperature=s.temperature,
-                           num_diffusion_steps=s.num_diffusion_steps, clip_denoised=s.clip_denoised)
+        latents = generate_latents(model, params, split_host_array(batch, mesh), jax.random.fold_in(rng, done),
+                                   config.sample)
         images = to_uint8(tokenizer.decode(latents))
         outputs = multihost_utils.process_allgather(network.extract(images), tiled=True)
         chunks.append({k: v[:count] for k, v in outputs.items()})
@@ -193,8 +192,9 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config_checks.validate(config)
     if config.task != "mar":
         raise config_checks.ConfigError("--mode=eval scores MAR samples; set task='mar'")
-    mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
-    batch_size = -(-config.eval.batch_size // mesh.size) * mesh.size  # every device gets a share
+    mesh = mesh_from_config(config.mesh)
+    shards = int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))
+    batch_size = -(-config.eval.batch_size // shards) * shards  # every batch shard gets a share
     network = make_feature_network(config, mesh)
     reference = load_reference(config, network, batch_size, mesh)
     state, step = restore_mar_state(config, workdir, config.sample.step)

@@ -31,6 +31,15 @@ def sample_labels(num_images: int, num_classes: int, classes: str = "") -> np.nd
     return chosen[np.arange(num_images) % chosen.size][order].astype(np.int32)
 
 
+def generate_latents(model: MAR, params: dict, labels: jax.Array, rng: jax.Array,
+                     sample_config: ml_collections.ConfigDict) -> jax.Array:
+    """`generate` with the sampler settings of `sample_config` (a config's `sample` section)."""
+    s = sample_config
+    return generate(model, params, labels, rng, num_iter=s.num_iter, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
+                    temperature=s.temperature, num_diffusion_steps=s.num_diffusion_steps,
+                    clip_denoised=s.clip_denoised)
+
+
 def sample_images(model: MAR, params: dict, labels: np.ndarray, rng: jax.Array,
                   sample_config: ml_collections.ConfigDict,
                   tokenizer: PixelTokenizer | KLTokenizer) -> np.ndarray:
@@ -41,11 +50,7 @@ def sample_images(model: MAR, params: dict, labels: np.ndarray, rng: jax.Array,
     for start in range(0, len(labels), batch_size):
         batch = labels[start:start + batch_size]
         padded = np.pad(batch, (0, batch_size - len(batch)))
-        latents = generate(model, params, jnp.asarray(padded), jax.random.fold_in(rng, start),
-                           num_iter=sample_config.num_iter, cfg=sample_config.cfg,
-                           cfg_schedule=sample_config.cfg_schedule, temperature=sample_config.temperature,
-                           num_diffusion_steps=sample_config.num_diffusion_steps,
-                           clip_denoised=sample_config.clip_denoised)
+        latents = generate_latents(model, params, jnp.asarray(padded), jax.random.fold_in(rng, start), sample_config)
         images.append(to_uint8(jax.device_get(tokenizer.decode(latents)))[:len(batch)])
         logging.info("sampled %d / %d images", min(start + batch_size, len(labels)), len(labels))
     return np.concatenate(images)

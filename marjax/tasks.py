@@ -124,7 +124,6 @@ def tokenizer_task(config: ml_collections.ConfigDict, plan: StepPlan, mesh: jax.
                 sum(x.size for x in jax.tree.leaves(abstract_state.params["model"])), lpips_params)
 
 
-
 def _tokenizer_shardings(shapes: TokenizerTrainState, model: nn.Module, disc: PatchDiscriminator,
                          tx: optax.GradientTransformation, disc_tx: optax.GradientTransformation, example: jax.Array,
                          mesh: jax.sharding.Mesh, mesh_config: ml_collections.ConfigDict) -> TokenizerTrainState:
