@@ -1,7 +1,10 @@
-"""Model sizes and run facts shared by the benchmark scripts."""
+"""Model sizes, device peaks, run facts and the reference child process shared by the benchmark scripts."""
 import datetime
+import json
+import os
 import platform
 import statistics
+import subprocess
 import time
 from typing import Any, Callable
 
@@ -24,6 +27,49 @@ def build_model(size: str, bf16: bool) -> MAR:
     if size == "tiny-cpu":
         return MAR(**TINY_CPU, dtype=dtype)
     return mar_preset(size, dtype=dtype)
+
+
+# Dense matmul peaks in TFLOP/s per device, from the vendors' data sheets (no sparsity). "fp32"
+# is what JAX's default matmul precision reaches on fp32 inputs: TF32 on NVIDIA GPUs, one bf16
+# pass on TPUs. Matched against `device_kind` in this order (more specific names first).
+PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H100 PCIe", {"bf16": 756.5, "fp32": 378.0}),
+    ("H100", {"bf16": 989.4, "fp32": 494.7}),
+    ("H200", {"bf16": 989.4, "fp32": 494.7}),
+    ("A100", {"bf16": 312.0, "fp32": 156.0}),
+    ("TPU v4", {"bf16": 275.0, "fp32": 275.0}),
+    ("TPU v5 lite", {"bf16": 197.0, "fp32": 197.0}),
+    ("TPU v5", {"bf16": 459.0, "fp32": 459.0}),
+    ("TPU v6 lite", {"bf16": 918.0, "fp32": 918.0}),
+)
+
+
+def peak_tflops(bf16: bool, override: float | None = None) -> float | None:
+    """The local device's peak for the compute dtype, `override` if given; None when unknown (CPUs)."""
+    if override is not None:
+        return override
+    kind = jax.devices()[0].device_kind
+    for name, peaks in PEAK_TFLOPS:
+        if name in kind:
+            return peaks["bf16" if bf16 else "fp32"]
+    return None
+
+
+def utilisation(flops_per_image: float, images_per_s: float, peak: float | None) -> dict[str, Any]:
+    """Analytic FLOPs per image, achieved TFLOP/s and MFU (None without a peak)."""
+    achieved = flops_per_image * images_per_s / 1e12
+    return {"gflop_per_image": round(flops_per_image / 1e9, 2), "achieved_tflops": round(achieved, 3),
+            "peak_tflops": peak, "mfu": None if peak is None else round(achieved / peak, 4)}
+
+
+def run_reference(python: str, code: str, what: str, arguments: list[str]) -> dict[str, Any]:
+    """Runs benchmarks/reference_mar.py (the reference PyTorch MAR at `code`) in a child process
+    with `python`, before this process touches the device, and returns its JSON."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_mar.py")
+    result = subprocess.run([python, script, f"--code={code}", what, *arguments], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"error: the reference run failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def run_facts() -> dict[str, Any]:

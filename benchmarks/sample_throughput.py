@@ -2,6 +2,13 @@
 
   python benchmarks/sample_throughput.py --size=tiny-cpu --batch=16 --num-iter=16 --diffusion-steps=50 --cfg=2.0
   python benchmarks/sample_throughput.py --size=mar_large --batch=256 --num-iter=64 --cfg=3.0 --bf16
+  python benchmarks/sample_throughput.py --size=mar_large --batch=256 --num-iter=64 --cfg=3.0 --bf16 \
+      --reference-code=/path/to/mar
+
+MFU counts the reference's useful work (`marjax.flops.sample_flops_per_image`: each step's known
+tokens in the encoder, the predicted tokens in the DiffLoss MLP, doubled with CFG), not the
+padding of marjax's static slabs. With `--reference-code`, the reference PyTorch MAR samples the
+same batch first, on the same device, in a child process.
 """
 import argparse
 import json
@@ -9,7 +16,8 @@ import json
 import jax
 import jax.numpy as jnp
 
-from bench_setup import SIZES, build_model, run_facts, time_calls
+from bench_setup import SIZES, build_model, peak_tflops, run_facts, run_reference, time_calls, utilisation
+from marjax.flops import sample_flops_per_image
 from marjax.models.mar import init_params
 from marjax.sampler import generate
 
@@ -25,7 +33,18 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--bf16", action="store_true", help="bf16 compute, fp32 params")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after the first")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, if not in the table")
+    parser.add_argument("--reference-code", default=None, help="a checkout of LTH14/mar to time beside marjax")
+    parser.add_argument("--reference-python", default="python", help="the Python with torch (and timm) for it")
     args = parser.parse_args()
+
+    reference = None
+    if args.reference_code:
+        reference = run_reference(
+            args.reference_python, args.reference_code, "sample",
+            [f"--size={args.size}", f"--batch={args.batch}", f"--repeats={args.repeats}", f"--num-iter={args.num_iter}",
+             f"--diffusion-steps={args.diffusion_steps}", f"--cfg={args.cfg}", f"--cfg-schedule={args.cfg_schedule}",
+             f"--temperature={args.temperature}"] + (["--bf16"] if args.bf16 else []))
 
     model = build_model(args.size, args.bf16)
     params = init_params(model, jax.random.key(0))
@@ -37,11 +56,16 @@ def main() -> None:
                         num_diffusion_steps=args.diffusion_steps)
 
     first, median = time_calls(sample, args.repeats)
-    print(json.dumps({"benchmark": "sample", "size": args.size, "batch": args.batch, "bf16": args.bf16,
-                      "num_iter": args.num_iter, "diffusion_steps": args.diffusion_steps, "cfg": args.cfg,
-                      "cfg_schedule": args.cfg_schedule, "batch_s": round(median, 4),
-                      "s_per_image": round(median / args.batch, 5), "first_call_incl_compile_s": round(first, 2),
-                      **run_facts()}))
+    flops = sample_flops_per_image(model, args.num_iter, args.diffusion_steps, args.cfg)
+    record = {"benchmark": "sample", "size": args.size, "batch": args.batch, "bf16": args.bf16,
+              "num_iter": args.num_iter, "diffusion_steps": args.diffusion_steps, "cfg": args.cfg,
+              "cfg_schedule": args.cfg_schedule, "batch_s": round(median, 4),
+              "s_per_image": round(median / args.batch, 5), "first_call_incl_compile_s": round(first, 2),
+              **utilisation(flops, args.batch / median, peak_tflops(args.bf16, args.peak_tflops)), **run_facts()}
+    if reference is not None:
+        record["reference"] = reference
+        record["speedup_vs_reference"] = round(reference["batch_s"] / median, 3)
+    print(json.dumps(record))
 
 
 if __name__ == "__main__":

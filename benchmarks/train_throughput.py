@@ -1,15 +1,24 @@
-"""Train-step time and images/s of MAR on the local device. Prints one JSON line.
+"""Train-step time, images/s and MFU of MAR on the local device. Prints one JSON line.
 
   python benchmarks/train_throughput.py --size=tiny-cpu --batch=32
   python benchmarks/train_throughput.py --size=mar_large --batch=64 --bf16
+  python benchmarks/train_throughput.py --size=mar_large --batch=64 --bf16 --reference-code=/path/to/mar
+
+MFU = analytic matmul FLOPs per image (`marjax.flops`, the reference's useful work, 3 x forward)
+x images/s / the device's peak (`bench_setup.PEAK_TFLOPS`; `--peak-tflops` on other devices).
+`xla_gflop_per_image` is XLA's own count of the compiled step (padding and elementwise work
+included). With `--reference-code`, the reference PyTorch MAR is timed first at the same size and
+batch on the same device, in a child process.
 """
 import argparse
 import json
+import time
 
 import jax
 import jax.numpy as jnp
 
-from bench_setup import SIZES, build_model, run_facts, time_calls
+from bench_setup import SIZES, build_model, peak_tflops, run_facts, run_reference, time_calls, utilisation
+from marjax.flops import train_flops_per_image
 from marjax.train_step import create_train_state, learning_rate_schedule, make_optimizer, make_train_step
 
 
@@ -20,18 +29,31 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 compute, fp32 params")
     parser.add_argument("--steps", type=int, default=10, help="timed steps after the first")
     parser.add_argument("--diffusion-batch-mul", type=int, default=4)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, if not in the table")
+    parser.add_argument("--reference-code", default=None, help="a checkout of LTH14/mar to time beside marjax")
+    parser.add_argument("--reference-python", default="python", help="the Python with torch (and timm) for it")
     args = parser.parse_args()
+
+    reference = None
+    if args.reference_code:
+        reference = run_reference(args.reference_python, args.reference_code, "train",
+                                  [f"--size={args.size}", f"--batch={args.batch}", f"--repeats={args.steps}"]
+                                  + (["--bf16"] if args.bf16 else []))
 
     model = build_model(args.size, args.bf16)
     schedule = learning_rate_schedule(1e-4, 100)
     tx = make_optimizer(schedule)
     state = create_train_state(model, tx, jax.random.key(0))
-    step = jax.jit(make_train_step(model, tx, schedule, diffusion_batch_mul=args.diffusion_batch_mul),
-                   donate_argnums=0)
+    jitted = jax.jit(make_train_step(model, tx, schedule, diffusion_batch_mul=args.diffusion_batch_mul),
+                     donate_argnums=0)
     batch = {"latents": jax.random.normal(jax.random.key(1),
                                           (args.batch, model.latent_size, model.latent_size, model.latent_channels)),
              "labels": jnp.arange(args.batch) % model.num_classes}
     rng = jax.random.key(2)
+    start = time.perf_counter()
+    step = jitted.lower(state, batch, rng).compile()
+    compile_s = time.perf_counter() - start
+    xla_flops = step.cost_analysis().get("flops")
 
     def one_step():
         nonlocal state
@@ -39,10 +61,18 @@ def main() -> None:
         return metrics["loss"]
 
     first, median = time_calls(one_step, args.steps)
-    print(json.dumps({"benchmark": "train_step", "size": args.size, "batch": args.batch, "bf16": args.bf16,
-                      "diffusion_batch_mul": args.diffusion_batch_mul, "step_s": round(median, 4),
-                      "img_per_s": round(args.batch / median, 2), "first_step_incl_compile_s": round(first, 2),
-                      **run_facts()}))
+    img_per_s = args.batch / median
+    flops = train_flops_per_image(model, args.diffusion_batch_mul)
+    record = {"benchmark": "train_step", "size": args.size, "batch": args.batch, "bf16": args.bf16,
+              "diffusion_batch_mul": args.diffusion_batch_mul, "step_s": round(median, 4),
+              "img_per_s": round(img_per_s, 2), "compile_s": round(compile_s, 2), "first_step_s": round(first, 3),
+              **utilisation(flops, img_per_s, peak_tflops(args.bf16, args.peak_tflops)),
+              "xla_gflop_per_image": None if xla_flops is None else round(xla_flops / args.batch / 1e9, 2),
+              **run_facts()}
+    if reference is not None:
+        record["reference"] = reference
+        record["speedup_vs_reference"] = round(reference["step_s"] / median, 3)
+    print(json.dumps(record))
 
 
 if __name__ == "__main__":
