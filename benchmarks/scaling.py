@@ -5,6 +5,7 @@ prints one JSON line.
 
   python benchmarks/scaling.py step-time --devices=1,2,4,8 --batch=32
   python benchmarks/scaling.py memory --size=mar_huge --devices=8,16,64 --batch-per-device=32
+  python benchmarks/scaling.py memory --size=mar_huge --devices=8 --set model.dtype=bfloat16 --set model.remat=full
 
 Fake devices share the host's cores, so step time measures the cost of partitioning and
 collectives on one machine, not a speed-up.
@@ -74,18 +75,22 @@ def step_time(devices: list[int], batch: int, repeats: int) -> None:
                        cwd=REPO, env=_env(n), check=True)
 
 
-def memory(size: str, devices: list[int], batch_per_device: int) -> None:
-    """Per-device memory and FLOPs of `size` on an FSDP mesh of each device count (compile only)."""
+def memory(size: str, devices: list[int], batch_per_device: int, overrides: list[str]) -> None:
+    """Per-device memory and FLOPs of `size` on an FSDP mesh of each device count (compile only);
+    `overrides` are config settings "key=value" (e.g. "model.dtype=bfloat16")."""
     for n in devices:
         with tempfile.TemporaryDirectory() as workdir:
-            subprocess.run([sys.executable, "-m", "marjax.main", f"--config={PRESET_CONFIGS[size]}",
-                            f"--workdir={workdir}", "--mode=compile", "--config.mesh.data=1", f"--config.mesh.fsdp={n}",
-                            f"--config.train.global_batch_size={n * batch_per_device}"],
-                           cwd=REPO, env=_env(n, fast_compile=True), check=True, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+            run = subprocess.run([sys.executable, "-m", "marjax.main", f"--config={PRESET_CONFIGS[size]}",
+                                  f"--workdir={workdir}", "--mode=compile", "--config.mesh.data=1",
+                                  f"--config.mesh.fsdp={n}", f"--config.train.global_batch_size={n * batch_per_device}",
+                                  *(f"--config.{o}" for o in overrides)],
+                                 cwd=REPO, env=_env(n, fast_compile=True), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+            if run.returncode != 0:
+                raise SystemExit(f"error: compiling {size} on {n} devices failed:\n{run.stderr[-3000:]}")
             with open(os.path.join(workdir, "compile_report.jsonl")) as f:
                 records = {r["report"]: r for r in map(json.loads, f)}
-        print(json.dumps({"benchmark": "scaling_memory", "size": size, **records["setup"],
+        print(json.dumps({"benchmark": "scaling_memory", "size": size, "overrides": overrides, **records["setup"],
                           "per_device_gib": records["memory"]["per_device_gib"],
                           "tflops_per_device": round(records["cost"]["flops_per_device"] / 1e12, 2)}), flush=True)
 
@@ -98,6 +103,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", default="mar_huge", choices=sorted(PRESET_CONFIGS))
     parser.add_argument("--batch-per-device", type=int, default=32)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="memory: a config override, e.g. model.dtype=bfloat16 (repeatable)")
     args = parser.parse_args()
     devices = [int(n) for n in args.devices.split(",")]
     if args.what == "step-time-child":
@@ -105,7 +112,7 @@ def main() -> None:
     elif args.what == "step-time":
         step_time(devices, args.batch, args.repeats)
     else:
-        memory(args.size, devices, args.batch_per_device)
+        memory(args.size, devices, args.batch_per_device, args.set)
 
 
 if __name__ == "__main__":
