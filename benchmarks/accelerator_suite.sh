@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The accelerator-speed figures in one place: MAR-B/L/H training throughput (bf16), MAR-L sampling
+# at the paper's setting, and the MAR-L step breakdown, each with the reference PyTorch MAR timed
+# beside it when REFERENCE_CODE names a checkout of LTH14/mar. One JSON line per figure, appended
+# to $RESULTS (default accelerator.jsonl). Each part runs well under 10 minutes on one H100.
+#
+#   bash benchmarks/accelerator_suite.sh train      # MAR-B/L/H, batch 64 per device, bf16
+#   bash benchmarks/accelerator_suite.sh sample     # MAR-L, 64 steps, batch 256, CFG 3.0 linear, bf16
+#   bash benchmarks/accelerator_suite.sh breakdown  # MAR-L train step: transformer / DiffLoss / rest
+#   REFERENCE_CODE=/path/to/mar bash benchmarks/accelerator_suite.sh train
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+results="${RESULTS:-accelerator.jsonl}"
+reference=()
+if [[ -n "${REFERENCE_CODE:-}" ]]; then
+  reference=(--reference-code="$REFERENCE_CODE" --reference-python="${REFERENCE_PYTHON:-python3}")
+fi
+
+case "${1:-}" in
+  train)
+    for size in mar_base mar_large mar_huge; do
+      python3 benchmarks/train_throughput.py --size="$size" --batch=64 --bf16 --steps=10 "${reference[@]}" | tee -a "$results"
+    done ;;
+  sample)
+    python3 benchmarks/sample_throughput.py --size=mar_large --batch=256 --num-iter=64 --diffusion-steps=100 \
+      --cfg=3.0 --cfg-schedule=linear --bf16 --repeats=2 "${reference[@]}" | tee -a "$results" ;;
+  breakdown)
+    python3 benchmarks/step_breakdown.py --size=mar_large --batch=64 --bf16 | tee -a "$results" ;;
+  *)
+    echo "usage: $0 train|sample|breakdown" >&2
+    exit 2 ;;
+esac
