@@ -164,7 +164,7 @@ def validate_mesh(mesh: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"mesh.rules entry {rule!r}: use (logical axis name, mesh axis) with a mesh axis "
                               f"in {list(MESH_AXES)}")
         if rule[0] == LAYER_AXIS:
-            # Each scan step dynamic-slices one layer out of the stacked array; along a split axis
-            # XLA's partitioner gathers the whole stack first, all layers on every device.
+            # Stacked params are meant to be split like one layer, on their other dimensions: with
+            # the layer axis split, every scan step would fetch its layer from other devices.
             raise ConfigError(f"mesh.rules entry {rule!r}: the stacked layer axis of model.scan_layers stays "
                               f"replicated; shard the other dimensions")
