@@ -22,11 +22,12 @@ TINY_CPU = dict(latent_size=8, latent_channels=16, patch_size=1, encoder_width=2
 SIZES = ("tiny-cpu", "mar_base", "mar_large", "mar_huge")
 
 
-def build_model(size: str, bf16: bool) -> MAR:
+def build_model(size: str, bf16: bool, **overrides: Any) -> MAR:
+    """The MAR of `size`, bf16 compute or fp32, with other MAR fields in `overrides`."""
     dtype = jnp.bfloat16 if bf16 else jnp.float32
     if size == "tiny-cpu":
-        return MAR(**TINY_CPU, dtype=dtype)
-    return mar_preset(size, dtype=dtype)
+        return MAR(**{**TINY_CPU, **overrides}, dtype=dtype)
+    return mar_preset(size, dtype=dtype, **overrides)
 
 
 # Dense matmul peaks in TFLOP/s per device, from the vendors' data sheets (no sparsity). "fp32"

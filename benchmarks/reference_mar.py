@@ -19,20 +19,26 @@ import sys
 import time
 from functools import partial
 
-# The reference's sizes: tiny-cpu as in benchmarks/bench_setup.py, the published sizes with the
-# DiffLoss MLPs of the paper (main_mar.py's --diffloss_d / --diffloss_w).
+def _size(width: int, depth: int, heads: int, diffloss_d: int, diffloss_w: int, **data) -> dict:
+    return dict(encoder_embed_dim=width, encoder_depth=depth, encoder_num_heads=heads, decoder_embed_dim=width,
+                decoder_depth=depth, decoder_num_heads=heads, diffloss_d=diffloss_d, diffloss_w=diffloss_w, **data)
+
+
+IMAGENET = dict(img_size=256, vae_stride=16, class_num=1000, buffer_size=64)
+# The reference's models at marjax's benchmark sizes: tiny-cpu as in benchmarks/bench_setup.py, the
+# published sizes (models/mar.py's mar_base/large/huge) with the paper's DiffLoss MLPs
+# (main_mar.py's --diffloss_d / --diffloss_w).
 SIZES = {
-    "tiny-cpu": dict(img_size=32, vae_stride=4, encoder_embed_dim=256, encoder_depth=4, encoder_num_heads=4,
-                     decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=4, mlp_ratio=4, class_num=10,
-                     buffer_size=16, diffloss_d=3, diffloss_w=256),
-    "mar_base": dict(preset="mar_base", diffloss_d=6, diffloss_w=1024),
-    "mar_large": dict(preset="mar_large", diffloss_d=8, diffloss_w=1280),
-    "mar_huge": dict(preset="mar_huge", diffloss_d=12, diffloss_w=1536),
+    "tiny-cpu": _size(256, 4, 4, 3, 256, img_size=32, vae_stride=4, class_num=10, buffer_size=16),
+    "mar_base": _size(768, 12, 12, 6, 1024, **IMAGENET),
+    "mar_large": _size(1024, 16, 16, 8, 1280, **IMAGENET),
+    "mar_huge": _size(1280, 20, 16, 12, 1536, **IMAGENET),
 }
 
 
-def build(code: str, size: str, diffusion_steps: int, device):
-    """The reference MAR module at `size` on `device`; exits with a message if `code` is not a checkout."""
+def build(code: str, size: str, diffusion_steps: int, device, depth: int | None = None):
+    """The reference MAR module at `size` (with `depth` encoder and decoder blocks if given) on
+    `device`; exits with a message if `code` is not a checkout."""
     if not os.path.isfile(os.path.join(code, "models", "mar.py")):
         sys.exit(f"error: {code} is not a checkout of LTH14/mar (no models/mar.py there)")
     sys.path.insert(0, code)
@@ -42,12 +48,10 @@ def build(code: str, size: str, diffusion_steps: int, device):
     if device.type == "cpu":  # the reference moves tensors with .cuda(); keep them where they are
         torch.Tensor.cuda = lambda self, *args, **kwargs: self
     kwargs = dict(SIZES[size])
-    preset = kwargs.pop("preset", None)
-    common = dict(patch_size=1, vae_embed_dim=16, diffusion_batch_mul=4, num_sampling_steps=str(diffusion_steps))
-    if preset is None:
-        model = mar.MAR(norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), **common, **kwargs)
-    else:
-        model = getattr(mar, preset)(img_size=256, vae_stride=16, class_num=1000, buffer_size=64, **common, **kwargs)
+    if depth is not None:
+        kwargs.update(encoder_depth=depth, decoder_depth=depth)
+    model = mar.MAR(norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), mlp_ratio=4, patch_size=1, vae_embed_dim=16,
+                    diffusion_batch_mul=4, num_sampling_steps=str(diffusion_steps), **kwargs)
     return model.to(device)
 
 
@@ -73,6 +77,7 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny-cpu")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--depth", type=int, default=None, help="encoder and decoder blocks (default: the size's)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--num-iter", type=int, default=16)
     parser.add_argument("--diffusion-steps", type=int, default=50)
@@ -85,7 +90,7 @@ def main() -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = build(args.code, args.size, args.diffusion_steps, device)
+    model = build(args.code, args.size, args.diffusion_steps, device, args.depth)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     side = model.seq_h
     labels = torch.arange(args.batch, device=device) % model.num_classes

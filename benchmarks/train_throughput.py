@@ -1,7 +1,9 @@
-"""Train-step time, images/s and MFU of MAR on the local device. Prints one JSON line.
+"""Train-step time, images/s, MFU, compile time and compiled temporaries of MAR on the local
+device. Prints one JSON line.
 
   python benchmarks/train_throughput.py --size=tiny-cpu --batch=32
   python benchmarks/train_throughput.py --size=mar_large --batch=64 --bf16
+  python benchmarks/train_throughput.py --size=mar_base --depth=4 --batch=8 --remat=dots --scan-layers
   python benchmarks/train_throughput.py --size=mar_large --batch=64 --bf16 --reference-code=/path/to/mar
 
 MFU = analytic matmul FLOPs per image (`marjax.flops`, the reference's useful work, 3 x forward)
@@ -19,6 +21,7 @@ import jax.numpy as jnp
 
 from bench_setup import SIZES, build_model, peak_tflops, run_facts, run_reference, time_calls, utilisation
 from marjax.flops import train_flops_per_image
+from marjax.models.block_stack import REMAT_POLICIES
 from marjax.train_step import create_train_state, learning_rate_schedule, make_optimizer, make_train_step
 
 
@@ -29,6 +32,9 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 compute, fp32 params")
     parser.add_argument("--steps", type=int, default=10, help="timed steps after the first")
     parser.add_argument("--diffusion-batch-mul", type=int, default=4)
+    parser.add_argument("--depth", type=int, default=None, help="encoder and decoder blocks (default: the size's)")
+    parser.add_argument("--remat", choices=list(REMAT_POLICIES), default="none")
+    parser.add_argument("--scan-layers", action="store_true", help="each block group as one nn.scan")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, if not in the table")
     parser.add_argument("--reference-code", default=None, help="a checkout of LTH14/mar to time beside marjax")
     parser.add_argument("--reference-python", default="python", help="the Python with torch (and timm) for it")
@@ -38,12 +44,14 @@ def main() -> None:
     if args.reference_code:
         reference = run_reference(args.reference_python, args.reference_code, "train",
                                   [f"--size={args.size}", f"--batch={args.batch}", f"--repeats={args.steps}"]
+                                  + ([] if args.depth is None else [f"--depth={args.depth}"])
                                   + (["--bf16"] if args.bf16 else []))
 
-    model = build_model(args.size, args.bf16)
+    depth = {} if args.depth is None else {"encoder_depth": args.depth, "decoder_depth": args.depth}
+    model = build_model(args.size, args.bf16, remat=args.remat, scan_layers=args.scan_layers, **depth)
     schedule = learning_rate_schedule(1e-4, 100)
     tx = make_optimizer(schedule)
-    state = create_train_state(model, tx, jax.random.key(0))
+    state = jax.jit(create_train_state, static_argnums=(0, 1))(model, tx, jax.random.key(0))
     jitted = jax.jit(make_train_step(model, tx, schedule, diffusion_batch_mul=args.diffusion_batch_mul),
                      donate_argnums=0)
     batch = {"latents": jax.random.normal(jax.random.key(1),
@@ -54,6 +62,7 @@ def main() -> None:
     step = jitted.lower(state, batch, rng).compile()
     compile_s = time.perf_counter() - start
     xla_flops = step.cost_analysis().get("flops")
+    temp_bytes = step.memory_analysis().temp_size_in_bytes
 
     def one_step():
         nonlocal state
@@ -64,8 +73,11 @@ def main() -> None:
     img_per_s = args.batch / median
     flops = train_flops_per_image(model, args.diffusion_batch_mul)
     record = {"benchmark": "train_step", "size": args.size, "batch": args.batch, "bf16": args.bf16,
-              "diffusion_batch_mul": args.diffusion_batch_mul, "step_s": round(median, 4),
+              "diffusion_batch_mul": args.diffusion_batch_mul, "encoder_depth": model.encoder_depth,
+              "decoder_depth": model.decoder_depth, "remat": args.remat, "scan_layers": args.scan_layers,
+              "step_s": round(median, 4),
               "img_per_s": round(img_per_s, 2), "compile_s": round(compile_s, 2), "first_step_s": round(first, 3),
+              "temp_mib": round(temp_bytes / 2**20, 1),
               **utilisation(flops, img_per_s, peak_tflops(args.bf16, args.peak_tflops)),
               "xla_gflop_per_image": None if xla_flops is None else round(xla_flops / args.batch / 1e9, 2),
               **run_facts()}

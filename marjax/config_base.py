@@ -52,6 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.diffloss_width = 1024
     c.model.dtype = "float32"         # compute dtype: "float32" | "bfloat16" (params stay fp32)
     c.model.attention_impl = config_dict.placeholder(str)  # None: XLA; "cudnn" on GPUs
+    c.model.remat = "none"            # recompute each block in the backward pass: "none" | "full" | "dots"
+    c.model.scan_layers = False       # each block group as one nn.scan over stacked params: one block to compile
 
     # The autoencoder a `task="tokenizer"` run trains (defaults: MAR's KL-16 architecture).
     c.vae = ml_collections.ConfigDict()

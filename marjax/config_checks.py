@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from marjax.models.block_stack import REMAT_POLICIES
+from marjax.models.layers import LAYER_AXIS
 from marjax.tokenizers import check_available, tokenizer_spec
 
 CHOICES = {
@@ -19,6 +21,7 @@ CHOICES = {
     "vae.reconstruction": ("l1", "l2"),
     "data.source": ("tfds", "image_folder", "digits", "cached_latents"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.remat": tuple(REMAT_POLICIES),
     "train.lr_schedule": ("constant", "cosine"),
     "sample.cfg_schedule": ("linear", "constant"),
     "eval.feature_network": ("inception", "digits"),
@@ -148,8 +151,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def validate_mesh(mesh: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError for mesh sizes other than -1 or >= 1, and for rules that are not
-    (logical name, mesh axis) pairs naming an axis of the mesh."""
+    """Raises ConfigError for mesh sizes other than -1 or >= 1, for rules that are not
+    (logical name, mesh axis) pairs naming an axis of the mesh, and for a rule on the stacked
+    layer axis."""
     from marjax.sharding import MESH_AXES
 
     for axis in MESH_AXES:
@@ -159,3 +163,8 @@ def validate_mesh(mesh: ml_collections.ConfigDict) -> None:
         if len(rule) != 2 or not isinstance(rule[0], str) or rule[1] not in MESH_AXES:
             raise ConfigError(f"mesh.rules entry {rule!r}: use (logical axis name, mesh axis) with a mesh axis "
                               f"in {list(MESH_AXES)}")
+        if rule[0] == LAYER_AXIS:
+            # Stacked params are meant to be split like one layer, on their other dimensions: with
+            # the layer axis split, every scan step would fetch its layer from other devices.
+            raise ConfigError(f"mesh.rules entry {rule!r}: the stacked layer axis of model.scan_layers stays "
+                              f"replicated; shard the other dimensions")

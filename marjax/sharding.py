@@ -9,6 +9,10 @@ each rule, a dimension with that name takes the mesh axis if the axis is larger 
 already used by the array, and divides the dimension. Arrays with fewer than
 `config.mesh.fsdp_min_size` elements stay replicated. The EMA and the optimizer moments of a
 parameter take the parameter's sharding. FSDP is the one-line choice `mesh.fsdp = N`.
+
+Stacked block params (`model.scan_layers`) lead with the axis `LAYER_AXIS`, which no rule maps:
+they are split like one layer's params (the size threshold too counts one layer), and every
+device holds all layers' shards.
 """
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +23,8 @@ import ml_collections
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+from marjax.models.layers import LAYER_AXIS
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -69,7 +75,8 @@ def logical_axes(boxed_init: Callable[[], Any]) -> Any:
 
 def mesh_spec(names: P, shape: tuple[int, ...], mesh: jax.sharding.Mesh, rules: Rules, min_size: int) -> P:
     """The mesh PartitionSpec of an array of `shape` whose dimensions have logical `names`."""
-    if int(np.prod(shape, dtype=np.int64)) < min_size:
+    per_layer = [size for dim, size in enumerate(shape) if dim >= len(names) or names[dim] != LAYER_AXIS]
+    if int(np.prod(per_layer, dtype=np.int64)) < min_size:
         return P()
     spec: list[str | None] = [None] * len(shape)
     for logical, axis in rules:

@@ -19,7 +19,7 @@ import optax
 
 from marjax.diffusion import NUM_TRAIN_TIMESTEPS
 from marjax.masking import mask_from_orders, max_unmasked, sample_num_masked, sample_orders
-from marjax.models.mar import MAR, init_params, patchify
+from marjax.models.mar import BLOCK_GROUPS, MAR, init_params, patchify
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -37,10 +37,13 @@ class TrainState:
 
 def weight_decay_mask(params: Any) -> Any:
     """True where AdamW decays: >= 2-D params outside the DiffLoss MLP (embeddings included);
-    biases, LayerNorm params and every DiffLoss param are not decayed, as in the reference."""
+    biases, LayerNorm params and every DiffLoss param are not decayed, as in the reference.
+    Params of a stacked block group (`scan_layers`) count one layer's dimensions, so a stacked
+    LayerNorm scale (depth, D) is not decayed either."""
     flat = flax.traverse_util.flatten_dict(params)
     return flax.traverse_util.unflatten_dict(
-        {path: (leaf.ndim >= 2 and "diffloss" not in path) for path, leaf in flat.items()})
+        {path: (leaf.ndim - (path[0] in BLOCK_GROUPS) >= 2 and "diffloss" not in path)
+         for path, leaf in flat.items()})
 
 
 def learning_rate_schedule(base_lr: float, warmup_steps: int, kind: str = "constant",

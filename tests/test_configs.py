@@ -59,6 +59,7 @@ def test_unknown_override_lists_valid_keys_with_a_suggestion():
 @pytest.mark.parametrize("override, message", [
     (("data", "image_size", 9), "not divisible by the tokenizer stride"),
     (("model", "dtype", "float16"), "model.dtype"),
+    (("model", "remat", "all"), r"model.remat='all'; choose one of \['none', 'full', 'dots'\]"),
     (("data", "source", "webdataset"), "data.source"),
     (("sample", "classes", "3,12"), "class ids in \\[0, 10\\)"),
     (("model", "encoder_heads", 3), "encoder_width=128 is not divisible"),

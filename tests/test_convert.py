@@ -82,33 +82,50 @@ def test_weight_copies_are_chosen_explicitly():
         convert.mar_state_dicts({"model": a}, "both")
 
 
-def test_mar_round_trip_through_torch_layout_is_exact():
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_mar_round_trip_through_torch_layout_is_exact(scan_layers):
     from marjax.builders import model_from_config
 
     state = mar_reference_state()
-    params = mar_torch_layout.params_from_torch_state(state, model_from_config(tiny_mar_config()))
+    config = tiny_mar_config()
+    config.model.scan_layers = scan_layers
+    params = mar_torch_layout.params_from_torch_state(state, model_from_config(config))
+    if scan_layers:  # blocks stacked in order along a leading layer axis
+        np.testing.assert_array_equal(params["decoder_blocks"]["attn"]["qkv"]["kernel"][1],
+                                      state["decoder_blocks.1.attn.qkv.weight"].T)
     back = mar_torch_layout.torch_state_from_params(params)
     assert sorted(back) == sorted(state)
     for key in state:
         np.testing.assert_array_equal(back[key], state[key])
 
 
-def test_converted_mar_workdir_restores_and_exports_back(tmp_path):
+def _abstract_state(config):
     from marjax.builders import model_from_config, optimizer_from_config, state_layout, step_plan
-    from marjax.checkpoints import RunCheckpoints
     from marjax.sharding import make_mesh
+
+    tx, _ = optimizer_from_config(config, step_plan(config, 64))
+    return state_layout(model_from_config(config), tx, make_mesh(), config.mesh)[0]
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_converted_mar_workdir_restores_and_exports_back(tmp_path, scan_layers):
+    from marjax.checkpoints import IncompatibleCheckpointError, RunCheckpoints
 
     state = mar_reference_state()
     ema = {k: v + 1.0 for k, v in state.items()}
     config = tiny_mar_config()
+    config.model.scan_layers = scan_layers
     workdir = str(tmp_path / "converted")
     convert.write_mar_workdir(state, ema, config, workdir)
-    model = model_from_config(config)
-    tx, _ = optimizer_from_config(config, step_plan(config, 64))
-    abstract, _ = state_layout(model, tx, make_mesh(), config.mesh)
+    abstract = _abstract_state(config)
     checkpoints = RunCheckpoints(workdir, read_only=True)
     checkpoints.check_compatible(0, abstract.params, config)
     restored = checkpoints.restore(0, abstract, None)
+    # The other layout does not restore silently: the error names the field.
+    config.model.scan_layers = not scan_layers
+    with pytest.raises(IncompatibleCheckpointError,
+                       match=f"model.scan_layers: checkpoint {scan_layers}, this config {not scan_layers}"):
+        checkpoints.check_compatible(0, _abstract_state(config).params, config)
     checkpoints.close()
     np.testing.assert_array_equal(restored.params["z_proj"]["kernel"], state["z_proj.weight"].T)
     np.testing.assert_array_equal(restored.ema_params["z_proj"]["kernel"], ema["z_proj.weight"].T)

@@ -9,6 +9,7 @@ from marjax.models.mar import count_params, mar_preset
 def test_preset_parameter_counts(name, expected):
     # The reference reports 207.92M / 478.33M / 942.40M.
     assert count_params(mar_preset(name)) == expected
+    assert count_params(mar_preset(name, scan_layers=True)) == expected  # stacked blocks: same params
     assert round(expected / 1e6, 2) == {"mar_base": 207.92, "mar_large": 478.33, "mar_huge": 942.40}[name]
 
 

@@ -40,6 +40,35 @@ def test_rules_map_logical_names_to_mesh_axes(names, shape, mesh, expected):
     assert mesh_spec(names, shape, mesh, RULES, min_size=256) == expected
 
 
+@pytest.mark.parametrize("names, shape, expected", [
+    (P("layers", "embed", "mlp"), (4, 32, 128), P(None, "fsdp", None)),  # FSDP as one layer's kernel
+    (P("layers", "mlp", "embed"), (8, 128, 32), P(None, None, "fsdp")),  # never on the layer axis
+    (P("layers", "embed", "mlp"), (16, 8, 16), P()),                      # one layer under min_size
+])
+def test_stacked_layers_stay_replicated_and_split_like_one_layer(names, shape, expected):
+    assert mesh_spec(names, shape, MESH_1x8x1, RULES, min_size=256) == expected
+
+
+def test_scanned_mar_params_are_split_like_the_unscanned_ones():
+    """Every stacked param's spec is None on the layer axis, then the spec of one unstacked layer."""
+    sizes = dict(latent_size=4, latent_channels=4, encoder_width=64, encoder_depth=2, encoder_heads=2,
+                 decoder_width=64, decoder_depth=2, decoder_heads=2, num_classes=3, buffer_size=2,
+                 diffloss_depth=1, diffloss_width=16)
+
+    def specs(model):
+        init = lambda: init_boxed_params(model, jax.random.key(0))  # noqa: E731
+        shapes = flax.linen.unbox(jax.eval_shape(init))
+        return jax.tree.map(lambda n, x: mesh_spec(n, x.shape, MESH_1x8x1, RULES, min_size=1024),
+                            logical_axes(init), shapes, is_leaf=lambda n: isinstance(n, P))
+
+    scanned, unscanned = specs(MAR(**sizes, scan_layers=True)), specs(MAR(**sizes))
+    assert scanned["encoder_blocks"]["mlp"]["fc1"]["kernel"] == P(None, "fsdp", None)
+    for group in ("encoder_blocks", "decoder_blocks"):
+        one_layer = flax.traverse_util.flatten_dict(unscanned[f"{group}_1"])
+        for path, spec in flax.traverse_util.flatten_dict(scanned[group]).items():
+            assert spec == (P() if one_layer[path] == P() else P(None, *one_layer[path])), (group, path)
+
+
 def _every_param_named(names, shapes):
     flat_names = flax.traverse_util.flatten_dict(names)
     flat_shapes = flax.traverse_util.flatten_dict(shapes)
@@ -84,6 +113,9 @@ def test_mesh_sizes_and_rules_from_the_config():
     mesh_config.fsdp = 1
     mesh_config.rules = (("embed", "model"),)
     with pytest.raises(ConfigError, match="mesh axis in"):
+        mesh_from_config(mesh_config)
+    mesh_config.rules = (("layers", "fsdp"),)
+    with pytest.raises(ConfigError, match="stacked layer axis"):
         mesh_from_config(mesh_config)
 
 

@@ -6,7 +6,8 @@ import optax
 import pytest
 
 from marjax.masking import mask_from_orders, sample_orders
-from marjax.models.mar import MAR, init_params, patchify
+from marjax.models.block_stack import stack_block_params
+from marjax.models.mar import BLOCK_GROUPS, MAR, init_params, patchify
 from marjax.train_step import (create_train_state, learning_rate_schedule, make_optimizer, make_train_step,
                                weight_decay_mask)
 from tests.conftest import TINY
@@ -75,6 +76,16 @@ def test_weight_decay_mask_follows_the_reference():
     assert not mask["z_proj_ln"]["scale"] and not mask["encoder_blocks_0"]["norm1"]["bias"]
     assert mask["encoder_blocks_0"]["attn"]["qkv"]["kernel"]
     assert not any(jax.tree.leaves(mask["diffloss"]))
+
+
+def test_weight_decay_mask_of_stacked_blocks_is_the_unstacked_decision():
+    depth2 = {**TINY, "encoder_depth": 2, "decoder_depth": 2}
+    unscanned = jax.eval_shape(lambda: init_params(MAR(**depth2), jax.random.key(0)))
+    scanned = jax.eval_shape(lambda: init_params(MAR(**depth2, scan_layers=True), jax.random.key(0)))
+    mask = weight_decay_mask(scanned)
+    assert not mask["decoder_blocks"]["norm2"]["scale"] and not mask["decoder_blocks"]["attn"]["qkv"]["bias"]
+    expected = stack_block_params(weight_decay_mask(unscanned), BLOCK_GROUPS)
+    assert mask == jax.tree.map(lambda decisions: bool(np.all(decisions)), expected)
 
 
 def test_adamw_decays_only_masked_params():

@@ -16,6 +16,10 @@ import jax.numpy as jnp
 Dtype = Any
 Axes = tuple[str | None, ...]
 
+# The leading axis of a stacked block group (`scan_layers`); no sharding rule may map it, so each
+# scan step finds its layer's params where the unstacked model would have them.
+LAYER_AXIS = "layers"
+
 xavier_uniform = nn.initializers.xavier_uniform()
 
 

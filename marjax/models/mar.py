@@ -12,6 +12,12 @@ padding keys masked out of attention. Rows past a sample's count never reach the
 Layouts: latents are NHWC (B, H, W, C); tokens are (B, L, C*p*p) with the reference's inner
 order (c, p, q) and tokens row-major over the (H/p, W/p) grid. `mask` is (B, L) bool, True
 where a token is unknown (to predict).
+
+Memory and compile time: `remat` recomputes each block's activations in the backward pass;
+`scan_layers` runs each block group as one `nn.scan`, its params stacked along a leading layer
+axis (`encoder_blocks` instead of `encoder_blocks_0`, ...). Neither changes the numbers;
+`block_stack.stack_block_params(params, BLOCK_GROUPS)` and `unstack_block_params` move params
+between the two layouts.
 """
 import dataclasses
 from typing import Any
@@ -21,11 +27,15 @@ import jax
 import jax.numpy as jnp
 
 from marjax import diffusion
+from marjax.models.block_stack import make_blocks, run_blocks
 from marjax.models.diffloss_mlp import SimpleMLPAdaLN
 from marjax.models.layers import Dtype, dense, layer_norm, named
 from marjax.models.transformer import Block
 
 normal_002 = nn.initializers.normal(0.02)
+
+# The transformer block groups; with `scan_layers` each is one stacked entry (`block_stack`).
+BLOCK_GROUPS = ("encoder_blocks", "decoder_blocks")
 
 # The published sizes (LTH14/mar): transformer width/depth/heads and the DiffLoss MLP.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -82,6 +92,8 @@ class MAR(nn.Module):
     diffloss_width: int = 1024
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None
+    remat: str = "none"  # a key of block_stack.REMAT_POLICIES: "none" | "full" | "dots"
+    scan_layers: bool = False  # blocks as one nn.scan over stacked params (see block_stack)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -105,15 +117,13 @@ class MAR(nn.Module):
         self.z_proj_ln = layer_norm("z_proj_ln", self.dtype)
         position_init = named(normal_002, None, "seq", "embed")
         self.encoder_pos_embed_learned = self.param("encoder_pos_embed_learned", position_init, (1, rows, enc))
-        self.encoder_blocks = [self._block(self.encoder_heads, f"encoder_blocks_{i}")
-                               for i in range(self.encoder_depth)]
+        self.encoder_blocks = self._blocks(self.encoder_heads, self.encoder_depth, "encoder_blocks")
         self.encoder_norm = layer_norm("encoder_norm", self.dtype)
 
         self.decoder_embed = dense(dec, "decoder_embed", self.dtype)
         self.mask_token = self.param("mask_token", named(normal_002, None, None, "embed"), (1, 1, dec))
         self.decoder_pos_embed_learned = self.param("decoder_pos_embed_learned", position_init, (1, rows, dec))
-        self.decoder_blocks = [self._block(self.decoder_heads, f"decoder_blocks_{i}")
-                               for i in range(self.decoder_depth)]
+        self.decoder_blocks = self._blocks(self.decoder_heads, self.decoder_depth, "decoder_blocks")
         self.decoder_norm = layer_norm("decoder_norm", self.dtype)
         self.diffusion_pos_embed_learned = self.param(
             "diffusion_pos_embed_learned", position_init, (1, self.seq_len, dec))
@@ -121,9 +131,10 @@ class MAR(nn.Module):
         self.diffloss = SimpleMLPAdaLN(self.token_dim, self.diffloss_width, self.diffloss_depth,
                                        self.dtype, name="diffloss")
 
-    def _block(self, heads: int, name: str) -> Block:
-        return Block(heads, self.mlp_ratio, self.attn_dropout, self.proj_dropout, self.dtype,
-                     self.attention_impl, name=name)
+    def _blocks(self, heads: int, depth: int, group: str) -> Block | list[Block]:
+        return make_blocks(lambda name: Block(heads, self.mlp_ratio, self.attn_dropout, self.proj_dropout,
+                                              self.dtype, self.attention_impl, name=name),
+                           group, depth, self.scan_layers)
 
     def class_embedding(self, labels: jax.Array, drop_label: jax.Array) -> jax.Array:
         """labels (B,) int, drop_label (B,) bool -> (B, D): the class embedding, or `fake_latent` where dropped."""
@@ -149,8 +160,7 @@ class MAR(nn.Module):
         known = jnp.take_along_axis(x[:, self.buffer_size:], keep_index[:, :, None], axis=1)
         x = jnp.concatenate([x[:, :self.buffer_size], known], axis=1)
         lengths = self.buffer_size + jnp.sum(~mask, axis=1)
-        for block in self.encoder_blocks:
-            x = block(x, lengths, deterministic)
+        x = run_blocks(self.encoder_blocks, x, lengths, deterministic, self.remat, self.encoder_depth)
         return self.encoder_norm(x)
 
     def decode(self, x: jax.Array, mask: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -168,8 +178,7 @@ class MAR(nn.Module):
         known = jnp.take_along_axis(x[:, self.buffer_size:], rank[:, :, None], axis=1)
         tokens = jnp.where(mask[:, :, None], self.mask_token.astype(x.dtype), known)
         x = jnp.concatenate([x[:, :self.buffer_size], tokens], axis=1) + self.decoder_pos_embed_learned
-        for block in self.decoder_blocks:
-            x = block(x, None, deterministic)
+        x = run_blocks(self.decoder_blocks, x, None, deterministic, self.remat, self.decoder_depth)
         x = self.decoder_norm(x)[:, self.buffer_size:]
         return x + self.diffusion_pos_embed_learned
 

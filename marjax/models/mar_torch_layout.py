@@ -5,7 +5,8 @@ Key names: `encoder_blocks.3.attn.qkv.weight` -> ("encoder_blocks_3", "attn", "q
 `adaLN_modulation.1` (after a SiLU in an nn.Sequential) -> "adaLN_modulation".
 Linear weights are (out, in) in PyTorch and (in, out) kernels here; LayerNorm weight/bias map
 to scale/bias; the class embedding table maps to `class_emb/embedding`; raw parameters
-(position embeddings, mask_token, fake_latent) keep their shapes.
+(position embeddings, mask_token, fake_latent) keep their shapes. Keys map to the unscanned
+layout; a `scan_layers` model's blocks are stacked after import and unstacked before export.
 """
 import re
 from typing import Mapping
@@ -14,7 +15,8 @@ import flax
 import jax
 import numpy as np
 
-from marjax.models.mar import MAR, init_params
+from marjax.models.block_stack import stack_block_params, unstack_block_params
+from marjax.models.mar import BLOCK_GROUPS, MAR, init_params
 from marjax.models.torch_layout import params_from_state, state_from_params
 
 
@@ -45,8 +47,10 @@ def params_from_torch_state(state: Mapping[str, np.ndarray], model: MAR) -> dict
     Every key must be used and every param filled, with matching shapes; otherwise a ValueError
     lists the missing keys, the unexpected keys and the shape mismatches.
     """
-    expected = flax.traverse_util.flatten_dict(jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
-    return params_from_state(state, expected, _to_param, "MAR")
+    unscanned = model.clone(scan_layers=False)
+    expected = flax.traverse_util.flatten_dict(jax.eval_shape(lambda: init_params(unscanned, jax.random.key(0))))
+    params = params_from_state(state, expected, _to_param, "MAR")
+    return stack_block_params(params, BLOCK_GROUPS) if model.scan_layers else params
 
 
 def path_to_torch_key(path: tuple[str, ...]) -> str:
@@ -63,6 +67,6 @@ def path_to_torch_key(path: tuple[str, ...]) -> str:
 
 
 def torch_state_from_params(params: dict) -> dict[str, np.ndarray]:
-    """MAR params -> a state dict in the reference's layout (numpy, Linear weights (out, in))."""
-    return state_from_params(params, lambda path, value: (path_to_torch_key(path),
-                                                          value.T if path[-1] == "kernel" else value))
+    """MAR params, scanned or not -> a state dict in the reference's layout (numpy, Linear weights (out, in))."""
+    return state_from_params(unstack_block_params(params, BLOCK_GROUPS),
+                             lambda path, value: (path_to_torch_key(path), value.T if path[-1] == "kernel" else value))
