@@ -11,6 +11,7 @@ plain arrays (`nn.unbox`) and read the names from the boxes.
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Dtype = Any
@@ -28,11 +29,23 @@ def named(init: nn.initializers.Initializer, *axes: str | None) -> nn.initialize
     return nn.with_logical_partitioning(init, axes)
 
 
+class FlatDense(nn.Dense):
+    """nn.Dense computed as one 2-D matmul: inputs (..., D_in) are flattened to (N, D_in) and the
+    output reshaped back to (..., D_out). Same params and numbers as nn.Dense; on XLA's CPU backend
+    the backward pass of a 3-D dot_general runs about 2x slower than the 2-D one (the weight
+    gradient contracts two dimensions), and on accelerators the reshape is free."""
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        flat = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
+        return flat.reshape(inputs.shape[:-1] + (self.features,))
+
+
 def dense(features: int, name: str, dtype: Dtype = jnp.float32, use_bias: bool = True,
           kernel_init: nn.initializers.Initializer = xavier_uniform, axes: Axes = ("embed", "embed")) -> nn.Dense:
     """A Linear with fp32 params, `dtype` compute and the reference init (xavier, zero bias);
     `axes`: the logical names of its (input, output) dimensions."""
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+    return FlatDense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
                     kernel_init=named(kernel_init, *axes), bias_init=named(nn.initializers.zeros, axes[1]),
                     name=name)
 
