@@ -3,7 +3,7 @@
 Pre-norm: x + attn(norm1(x)), then x + mlp(norm2(x)). Attention has one fused qkv Linear with
 bias whose output is laid out (3, heads, head_dim), scale head_dim^-0.5, then `proj`. The MLP is
 fc1 -> exact GELU -> fc2. Dropout sits on the attention probabilities, after proj, after GELU and
-after fc2. No layer scale, no drop path.
+after fc2 (`marjax.models.dropout`: hashed masks, cheaper than threefry). No layer scale, no drop path.
 
 Attention goes through `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPU with
 `attention_impl="cudnn"`). That API has no dropout on the probabilities, so while training with
@@ -13,11 +13,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from marjax.models.dropout import Dropout
 from marjax.models.layers import Dtype, dense, layer_norm
 
 
 def _explicit_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_lengths: jax.Array | None,
-                        dropout: nn.Dropout, deterministic: bool) -> jax.Array:
+                        dropout: Dropout, deterministic: bool) -> jax.Array:
     """Softmax attention with dropout on the probabilities. q, k, v: (B, N, H, hd) -> (B, N, H, hd)."""
     scale = q.shape[-1] ** -0.5
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
@@ -46,12 +47,12 @@ class Attention(nn.Module):
         qkv = dense(3 * width, "qkv", self.dtype, axes=("embed", "qkv"))(x).reshape(b, n, 3, self.num_heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.attn_dropout > 0.0 and not deterministic:
-            out = _explicit_attention(q, k, v, kv_lengths, nn.Dropout(self.attn_dropout), deterministic)
+            out = _explicit_attention(q, k, v, kv_lengths, Dropout(self.attn_dropout), deterministic)
         else:
             out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths,
                                                implementation=self.attention_impl)
         out = dense(width, "proj", self.dtype, axes=("heads", "embed"))(out.reshape(b, n, width))
-        return nn.Dropout(self.proj_dropout)(out, deterministic=deterministic)
+        return Dropout(self.proj_dropout)(out, deterministic=deterministic)
 
 
 class Mlp(nn.Module):
@@ -65,9 +66,9 @@ class Mlp(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         width = x.shape[-1]
         h = nn.gelu(dense(self.hidden, "fc1", self.dtype, axes=("embed", "mlp"))(x), approximate=False)
-        h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        h = Dropout(self.dropout)(h, deterministic=deterministic)
         h = dense(width, "fc2", self.dtype, axes=("mlp", "embed"))(h)
-        return nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        return Dropout(self.dropout)(h, deterministic=deterministic)
 
 
 class Block(nn.Module):
