@@ -91,6 +91,20 @@ def test_diffloss_mlp_and_training_loss(ref, params):
     np.testing.assert_allclose(loss, ref["loss_scalar"], rtol=RTOL)
 
 
+def test_diffloss_mlp_on_more_rows_than_timesteps(ref, params):
+    """Past 1,000 rows the MLP embeds each timestep once and gathers: still the reference's numbers."""
+    n = ref["loss_t"].shape[0]
+    copies = -(-(diffusion.NUM_TRAIN_TIMESTEPS + 1) // n)
+
+    def tile(a):
+        return jnp.tile(jnp.asarray(a), (copies,) + (1,) * (np.ndim(a) - 1))
+
+    out = apply(params, tile(ref["loss_x_t"]), tile(ref["loss_t"]).astype(jnp.int32), tile(ref["loss_z"]),
+                method=MAR.denoise)
+    assert out.shape[0] > diffusion.NUM_TRAIN_TIMESTEPS
+    np.testing.assert_allclose(out, tile(ref["loss_mlp_out"]), rtol=RTOL, atol=ATOL)
+
+
 def test_diffloss_reverse_process(ref, params):
     d = diffusion.make_diffusion("10")
     np.testing.assert_array_equal(d.timestep_map, ref["dl_timestep_map"])

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from marjax.diffusion import NUM_TRAIN_TIMESTEPS
 from marjax.models.layers import Dtype, dense, layer_norm
 
 FREQUENCY_DIM = 256
@@ -87,7 +88,13 @@ class SimpleMLPAdaLN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, c: jax.Array) -> jax.Array:
-        y = TimestepEmbedder(self.width, self.dtype, name="time_embed")(t)
+        time_embed = TimestepEmbedder(self.width, self.dtype, name="time_embed")
+        if t.shape[0] > NUM_TRAIN_TIMESTEPS:
+            # More rows than timesteps (training: each row draws its own t): embedding every
+            # timestep once and gathering computes the same values with fewer matmul rows.
+            y = jnp.take(time_embed(jnp.arange(NUM_TRAIN_TIMESTEPS)), t, axis=0)
+        else:
+            y = time_embed(t)
         y = y + dense(self.width, "cond_embed", self.dtype)(c)
         h = dense(self.width, "input_proj", self.dtype, axes=("token", "embed"))(x)
         for i in range(self.depth):
