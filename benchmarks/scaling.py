@@ -52,7 +52,7 @@ def step_time_child(batch: int, repeats: int) -> None:
     tx = make_optimizer(optax.constant_schedule(1e-4))
     _, shardings = state_layout(model, tx, mesh, mesh_config)
     state = jax.jit(lambda key: create_train_state(model, tx, key), out_shardings=shardings)(jax.random.key(0))
-    step = jit_train_step(make_train_step(model, tx, optax.constant_schedule(1e-4), row_sharding=batch_sharding(mesh)),
+    step = jit_train_step(make_train_step(model, tx, optax.constant_schedule(1e-4), batch_sharding=batch_sharding(mesh)),
                           shardings, mesh)
     rng = np.random.default_rng(0)
     side = model.latent_size

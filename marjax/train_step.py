@@ -79,7 +79,7 @@ def create_train_state(model: MAR, tx: optax.GradientTransformation, rng: jax.Ar
 def make_train_step(model: MAR, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     mask_ratio_min: float = 0.7, label_drop_prob: float = 0.1,
                     diffusion_batch_mul: int = 4, ema_rate: float = 0.9999,
-                    row_sharding: jax.sharding.Sharding | None = None,
+                    batch_sharding: jax.sharding.Sharding | None = None,
                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """Builds `train_step(state, batch, rng) -> (state, metrics)`.
 
@@ -105,7 +105,7 @@ def make_train_step(model: MAR, tx: optax.GradientTransformation, schedule: opta
 
         def loss_fn(params):
             loss, _ = model.apply({"params": params}, tokens, batch["labels"], mask, drop_label, t, noise,
-                                  num_keep_max, deterministic=False, row_sharding=row_sharding,
+                                  num_keep_max, deterministic=False, batch_sharding=batch_sharding,
                                   rngs={"dropout": dropout_key})
             return loss
 

@@ -33,11 +33,13 @@ def make_blocks(make_block: Callable[[str], nn.Module], group: str, depth: int,
 
 
 def run_blocks(blocks: nn.Module | Sequence[nn.Module], x: jax.Array, kv_lengths: jax.Array | None,
-               deterministic: bool, remat: str, depth: int) -> jax.Array:
+               deterministic: bool, remat: str, depth: int,
+               batch_sharding: jax.sharding.Sharding | None = None) -> jax.Array:
     """Applies the blocks of `make_blocks` in order: x (B, N, D) -> (B, N, D).
 
     kv_lengths: (B,) valid key rows, the same for every block, or None. remat: a key of
     REMAT_POLICIES. depth: the number of blocks (the scan length when `blocks` is one module).
+    batch_sharding: the mesh's batch sharding, which each block's input keeps; None on one device.
     """
     if remat not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {remat!r}; choose one of {list(REMAT_POLICIES)}")
@@ -45,6 +47,10 @@ def run_blocks(blocks: nn.Module | Sequence[nn.Module], x: jax.Array, kv_lengths
     # `deterministic` is a Python bool that picks code paths: closed over, it stays static
     # under remat and scan.
     def apply(block: nn.Module, x: jax.Array, kv_lengths: jax.Array | None) -> jax.Array:
+        if batch_sharding is not None:
+            # Without it XLA loses the batch split inside a scan: the per-layer activations kept
+            # for the backward pass were held for the whole global batch on every device.
+            x = jax.lax.with_sharding_constraint(x, batch_sharding)
         return block(x, kv_lengths, deterministic)
 
     scan = not isinstance(blocks, Sequence)

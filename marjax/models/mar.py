@@ -141,7 +141,7 @@ class MAR(nn.Module):
         return jnp.where(drop_label[:, None], self.fake_latent, self.class_emb(labels))
 
     def encode(self, tokens: jax.Array, mask: jax.Array, class_embedding: jax.Array, num_keep_max: int,
-               deterministic: bool = True) -> jax.Array:
+               deterministic: bool = True, batch_sharding: jax.sharding.Sharding | None = None) -> jax.Array:
         """The MAE encoder on the buffer rows and the known tokens.
 
         Args:
@@ -160,10 +160,12 @@ class MAR(nn.Module):
         known = jnp.take_along_axis(x[:, self.buffer_size:], keep_index[:, :, None], axis=1)
         x = jnp.concatenate([x[:, :self.buffer_size], known], axis=1)
         lengths = self.buffer_size + jnp.sum(~mask, axis=1)
-        x = run_blocks(self.encoder_blocks, x, lengths, deterministic, self.remat, self.encoder_depth)
+        x = run_blocks(self.encoder_blocks, x, lengths, deterministic, self.remat, self.encoder_depth,
+                       batch_sharding)
         return self.encoder_norm(x)
 
-    def decode(self, x: jax.Array, mask: jax.Array, deterministic: bool = True) -> jax.Array:
+    def decode(self, x: jax.Array, mask: jax.Array, deterministic: bool = True,
+               batch_sharding: jax.sharding.Sharding | None = None) -> jax.Array:
         """The decoder: encoder rows back in place, mask tokens elsewhere.
 
         Args:
@@ -178,16 +180,18 @@ class MAR(nn.Module):
         known = jnp.take_along_axis(x[:, self.buffer_size:], rank[:, :, None], axis=1)
         tokens = jnp.where(mask[:, :, None], self.mask_token.astype(x.dtype), known)
         x = jnp.concatenate([x[:, :self.buffer_size], tokens], axis=1) + self.decoder_pos_embed_learned
-        x = run_blocks(self.decoder_blocks, x, None, deterministic, self.remat, self.decoder_depth)
+        x = run_blocks(self.decoder_blocks, x, None, deterministic, self.remat, self.decoder_depth, batch_sharding)
         x = self.decoder_norm(x)[:, self.buffer_size:]
         return x + self.diffusion_pos_embed_learned
 
     def condition(self, tokens: jax.Array, mask: jax.Array, labels: jax.Array, drop_label: jax.Array,
-                  num_keep_max: int, deterministic: bool = True) -> jax.Array:
-        """Encoder then decoder: (B, L, token_dim) tokens -> z (B, L, D_dec)."""
+                  num_keep_max: int, deterministic: bool = True,
+                  batch_sharding: jax.sharding.Sharding | None = None) -> jax.Array:
+        """Encoder then decoder: (B, L, token_dim) tokens -> z (B, L, D_dec). `batch_sharding`: see
+        `__call__`."""
         class_embedding = self.class_embedding(labels, drop_label)
-        x = self.encode(tokens, mask, class_embedding, num_keep_max, deterministic)
-        return self.decode(x, mask, deterministic)
+        x = self.encode(tokens, mask, class_embedding, num_keep_max, deterministic, batch_sharding)
+        return self.decode(x, mask, deterministic, batch_sharding)
 
     def denoise(self, x: jax.Array, t: jax.Array, z: jax.Array) -> jax.Array:
         """The DiffLoss MLP: x (N, token_dim), original timesteps t (N,) or (1,) shared, z (N, D_dec)
@@ -196,7 +200,7 @@ class MAR(nn.Module):
 
     def __call__(self, tokens: jax.Array, labels: jax.Array, mask: jax.Array, drop_label: jax.Array,
                  t: jax.Array, noise: jax.Array, num_keep_max: int, deterministic: bool = True,
-                 row_sharding: jax.sharding.Sharding | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 batch_sharding: jax.sharding.Sharding | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The training loss with all randomness given.
 
         Args:
@@ -205,14 +209,14 @@ class MAR(nn.Module):
           t: (B*L*mul,) timesteps in 0..999 and noise: (B*L*mul, token_dim), for the rows of the
             flattened tokens tiled `mul` (diffusion_batch_mul) times as whole copies.
           num_keep_max: static bound on the number of unmasked tokens per sample.
-          row_sharding: where the DiffLoss rows live when the batch is split over devices (the
-            batch sharding of the mesh); None on one device.
+          batch_sharding: the mesh's batch sharding when the batch is split over devices, kept by
+            the DiffLoss rows and the transformer's activations; None on one device.
         Returns:
           (loss, terms): loss = sum(row_loss * mask) / sum(mask) over the tiled rows; terms holds
           the per-row "mse", "vb" and "loss" (N,).
         """
         b, seq_len, token_dim = tokens.shape
-        z = self.condition(tokens, mask, labels, drop_label, num_keep_max, deterministic)
+        z = self.condition(tokens, mask, labels, drop_label, num_keep_max, deterministic, batch_sharding)
         mul = t.shape[0] // (b * seq_len)
 
         # The rows are computed batch-major, (B, mul, L). In the copy-major order of `t`, `noise`
@@ -220,7 +224,7 @@ class MAR(nn.Module):
         # batch split over devices cannot stay split: every device would hold all rows.
         def batch_major(rows: jax.Array) -> jax.Array:
             rows = jnp.swapaxes(rows.reshape((mul, b, seq_len) + rows.shape[1:]), 0, 1).reshape(rows.shape)
-            return rows if row_sharding is None else jax.lax.with_sharding_constraint(rows, row_sharding)
+            return rows if batch_sharding is None else jax.lax.with_sharding_constraint(rows, batch_sharding)
 
         def copies(x: jax.Array) -> jax.Array:  # (B, L, ...) -> (B * mul * L, ...), batch-major
             return jnp.broadcast_to(x[:, None], (b, mul) + x.shape[1:]).reshape((b * mul * seq_len,) + x.shape[2:])
