@@ -1,4 +1,5 @@
 """Model sizes, device peaks, run facts and the reference child process shared by the benchmark scripts."""
+import argparse
 import datetime
 import json
 import os
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from marjax.models.mar import MAR, mar_preset
+from marjax.train_step import create_train_state, learning_rate_schedule, make_optimizer, make_train_step
 
 # "tiny-cpu": the comparison config of the core MAR issue (8x8 tokens of 16 channels, width 256,
 # 4+4 blocks, 4 heads, buffer 16, DiffLoss 3x256, 10 classes). The others are the published sizes
@@ -71,6 +73,27 @@ def run_reference(python: str, code: str, what: str, arguments: list[str]) -> di
     if result.returncode != 0:
         raise SystemExit(f"error: the reference run failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every train-step benchmark takes: size, batch, bf16, timed steps, diffusion_batch_mul."""
+    parser.add_argument("--size", choices=SIZES, default="tiny-cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--bf16", action="store_true", help="bf16 compute, fp32 params")
+    parser.add_argument("--steps", type=int, default=10, help="timed calls after the first")
+    parser.add_argument("--diffusion-batch-mul", type=int, default=4)
+
+
+def train_setup(model: MAR, batch_size: int, diffusion_batch_mul: int) -> tuple[Any, Callable, dict, jax.Array]:
+    """(state, jitted train step donating its state, a random batch of `batch_size`, rng) for `model`."""
+    schedule = learning_rate_schedule(1e-4, 100)
+    tx = make_optimizer(schedule)
+    state = jax.jit(create_train_state, static_argnums=(0, 1))(model, tx, jax.random.key(0))
+    step = jax.jit(make_train_step(model, tx, schedule, diffusion_batch_mul=diffusion_batch_mul), donate_argnums=0)
+    side = model.latent_size
+    batch = {"latents": jax.random.normal(jax.random.key(1), (batch_size, side, side, model.latent_channels)),
+             "labels": jnp.arange(batch_size) % model.num_classes}
+    return state, step, batch, jax.random.key(2)
 
 
 def run_facts() -> dict[str, Any]:

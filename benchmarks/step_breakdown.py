@@ -15,19 +15,18 @@ import json
 import jax
 import jax.numpy as jnp
 
-from bench_setup import SIZES, build_model, run_facts, time_calls
+from bench_setup import add_train_arguments, build_model, run_facts, time_calls, train_setup
 from marjax import flops
 from marjax.masking import max_unmasked
 from marjax.models.mar import MAR, init_params
-from marjax.train_step import create_train_state, learning_rate_schedule, make_optimizer, make_train_step
 
 
 def flop_shares(model: MAR, diffusion_batch_mul: int) -> dict[str, float]:
     """Fractions of the analytic training FLOPs: attention products, transformer Linears, DiffLoss MLP."""
     probs = flops.known_token_probabilities(model.seq_len)
-    encoder_rows = sum(p * (model.buffer_size + k) ** 2 for k, p in enumerate(probs))
-    attention = 4 * (model.encoder_depth * encoder_rows * model.encoder_width
-                     + model.decoder_depth * (model.buffer_size + model.seq_len) ** 2 * model.decoder_width)
+    encoder = sum(p * flops.attention_flops(model.buffer_size + k, model.encoder_width) for k, p in enumerate(probs))
+    attention = (model.encoder_depth * encoder
+                 + model.decoder_depth * flops.attention_flops(model.buffer_size + model.seq_len, model.decoder_width))
     total = flops.train_flops_per_image(model, diffusion_batch_mul) / 3
     diffloss = model.seq_len * diffusion_batch_mul * flops.diffloss_flops_per_row(
         model.token_dim, model.decoder_width, model.diffloss_width, model.diffloss_depth)
@@ -37,11 +36,7 @@ def flop_shares(model: MAR, diffusion_batch_mul: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=SIZES, default="tiny-cpu")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--bf16", action="store_true", help="bf16 compute, fp32 params")
-    parser.add_argument("--steps", type=int, default=10, help="timed calls after the first, per part")
-    parser.add_argument("--diffusion-batch-mul", type=int, default=4)
+    add_train_arguments(parser)
     args = parser.parse_args()
 
     model = build_model(args.size, args.bf16)
@@ -72,16 +67,11 @@ def main() -> None:
             return jnp.sum(model.apply({"params": p}, x, t, z, method=MAR.denoise) ** 2)
         return jax.grad(out, argnums=(0, 1))(p, z)
 
-    schedule = learning_rate_schedule(1e-4, 100)
-    tx = make_optimizer(schedule)
-    state = jax.jit(lambda key: create_train_state(model, tx, key))(keys[0])
-    step = jax.jit(make_train_step(model, tx, schedule, diffusion_batch_mul=mul), donate_argnums=0)
-    batch = {"latents": jax.random.normal(keys[1], (b, model.latent_size, model.latent_size, model.latent_channels)),
-             "labels": labels}
+    state, step, batch, rng = train_setup(model, b, mul)
 
     def whole_step():
         nonlocal state
-        state, metrics = step(state, batch, keys[5])
+        state, metrics = step(state, batch, rng)
         return metrics["loss"]
 
     times = {"transformer_fwd_bwd_s": time_calls(lambda: transformer(params), args.steps)[1],

@@ -16,22 +16,15 @@ import argparse
 import json
 import time
 
-import jax
-import jax.numpy as jnp
-
-from bench_setup import SIZES, build_model, peak_tflops, run_facts, run_reference, time_calls, utilisation
+from bench_setup import (add_train_arguments, build_model, peak_tflops, run_facts, run_reference, time_calls,
+                         train_setup, utilisation)
 from marjax.flops import train_flops_per_image
 from marjax.models.block_stack import REMAT_POLICIES
-from marjax.train_step import create_train_state, learning_rate_schedule, make_optimizer, make_train_step
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=SIZES, default="tiny-cpu")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--bf16", action="store_true", help="bf16 compute, fp32 params")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps after the first")
-    parser.add_argument("--diffusion-batch-mul", type=int, default=4)
+    add_train_arguments(parser)
     parser.add_argument("--depth", type=int, default=None, help="encoder and decoder blocks (default: the size's)")
     parser.add_argument("--remat", choices=list(REMAT_POLICIES), default="none")
     parser.add_argument("--scan-layers", action="store_true", help="each block group as one nn.scan")
@@ -49,15 +42,7 @@ def main() -> None:
 
     depth = {} if args.depth is None else {"encoder_depth": args.depth, "decoder_depth": args.depth}
     model = build_model(args.size, args.bf16, remat=args.remat, scan_layers=args.scan_layers, **depth)
-    schedule = learning_rate_schedule(1e-4, 100)
-    tx = make_optimizer(schedule)
-    state = jax.jit(create_train_state, static_argnums=(0, 1))(model, tx, jax.random.key(0))
-    jitted = jax.jit(make_train_step(model, tx, schedule, diffusion_batch_mul=args.diffusion_batch_mul),
-                     donate_argnums=0)
-    batch = {"latents": jax.random.normal(jax.random.key(1),
-                                          (args.batch, model.latent_size, model.latent_size, model.latent_channels)),
-             "labels": jnp.arange(args.batch) % model.num_classes}
-    rng = jax.random.key(2)
+    state, jitted, batch, rng = train_setup(model, args.batch, args.diffusion_batch_mul)
     start = time.perf_counter()
     step = jitted.lower(state, batch, rng).compile()
     compile_s = time.perf_counter() - start

@@ -26,12 +26,16 @@ from marjax.models.mar import MAR
 MASK_RATIO_MIN = 0.7  # the reference's truncated normal N(1, 0.25^2) on [0.7, 1]
 
 
+def attention_flops(rows: int, width: int) -> int:
+    """The two attention products of one block on `rows` tokens, q k^T and p v, over all heads."""
+    return 2 * 2 * rows * rows * width
+
+
 def block_flops(rows: int, width: int, mlp_ratio: float = 4.0) -> int:
     """One ViT block on `rows` tokens: qkv, proj, fc1, fc2 and the two attention products."""
     hidden = int(width * mlp_ratio)
     linear_macs = rows * width * (3 * width + width) + 2 * rows * width * hidden
-    attention_macs = 2 * rows * rows * width
-    return 2 * (linear_macs + attention_macs)
+    return 2 * linear_macs + attention_flops(rows, width)
 
 
 def diffloss_flops_per_row(token_dim: int, cond_dim: int, width: int, depth: int) -> int:
