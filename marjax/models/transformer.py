@@ -9,12 +9,21 @@ Attention goes through `jax.nn.dot_product_attention` (cuDNN's fused kernel on G
 `attention_impl="cudnn"`). That API has no dropout on the probabilities, so while training with
 attention dropout the block computes the softmax explicitly.
 """
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from marjax.models.dropout import Dropout
 from marjax.models.layers import Dtype, dense, layer_norm
+
+
+def exact_gelu(x: jax.Array) -> jax.Array:
+    """x * Phi(x) written as torch's exact GELU, x/2 (1 + erf(x/sqrt 2)). XLA's CPU backend runs
+    erf about 2.5x faster than the erfc form of `jax.nn.gelu(approximate=False)`; the two agree
+    to a float32 rounding step."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
 def _explicit_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_lengths: jax.Array | None,
@@ -65,7 +74,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         width = x.shape[-1]
-        h = nn.gelu(dense(self.hidden, "fc1", self.dtype, axes=("embed", "mlp"))(x), approximate=False)
+        h = exact_gelu(dense(self.hidden, "fc1", self.dtype, axes=("embed", "mlp"))(x))
         h = Dropout(self.dropout)(h, deterministic=deterministic)
         h = dense(width, "fc2", self.dtype, axes=("mlp", "embed"))(h)
         return Dropout(self.dropout)(h, deterministic=deterministic)
