@@ -61,7 +61,10 @@ def test_diffloss_flops_equal_the_traced_mlp(params):
     assert traced == rows * flops.diffloss_flops_per_row(TINY.token_dim, 32, 48, 2)
 
 
-def test_training_forward_is_condition_plus_the_mlp_on_every_copied_row(params):
+@pytest.mark.parametrize("num_masked_max", [None, 13])
+def test_training_forward_is_condition_plus_the_mlp_on_every_copied_row(params, num_masked_max):
+    """The reference's count, less what marjax skips: cond_embed runs once per token, not once per
+    copy, and with `num_masked_max` the MLP runs on that many positions per sample, not all L."""
     batch, known, mul = 2, 3, 4
     rows = batch * TINY.seq_len * mul
     mask = jnp.arange(TINY.seq_len)[None].repeat(batch, 0) >= known
@@ -69,11 +72,13 @@ def test_training_forward_is_condition_plus_the_mlp_on_every_copied_row(params):
     def loss(p):
         return TINY.apply({"params": p}, jnp.zeros((batch, TINY.seq_len, TINY.token_dim)), jnp.zeros((batch,), jnp.int32),
                           mask, jnp.zeros((batch,), bool), jnp.zeros((rows,), jnp.int32),
-                          jnp.zeros((rows, TINY.token_dim)), known)[0]
+                          jnp.zeros((rows, TINY.token_dim)), known, num_masked_max)[0]
 
+    positions = TINY.seq_len if num_masked_max is None else num_masked_max
     per_row = flops.diffloss_flops_per_row(TINY.token_dim, 32, 48, 2)
+    cond_embed_per_copy = 2 * 32 * 48
     assert traced_matmul_flops(loss, params) == batch * (flops.condition_flops(TINY, known)
-                                                        + TINY.seq_len * mul * per_row)
+                                                        + positions * (mul * per_row - (mul - 1) * cond_embed_per_copy))
 
 
 def test_known_token_distribution_matches_the_train_steps_mask_sampler():

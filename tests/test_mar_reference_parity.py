@@ -76,7 +76,10 @@ def test_encoder_and_decoder(ref, params, num_keep_max):
     np.testing.assert_allclose(z, ref["decoder_z"], rtol=RTOL, atol=ATOL)
 
 
-def test_diffloss_mlp_and_training_loss(ref, params):
+@pytest.mark.parametrize("num_masked_max", [None, 11, 13])
+def test_diffloss_mlp_and_training_loss(ref, params, num_masked_max):
+    """num_masked_max = 11 runs the MLP on exactly the masked positions, 13 on two known ones too:
+    the loss and the masked rows' terms are the reference's either way."""
     t, noise = jnp.asarray(ref["loss_t"], jnp.int32), jnp.asarray(ref["loss_noise"])
     out = apply(params, jnp.asarray(ref["loss_x_t"]), t, jnp.asarray(ref["loss_z"]), method=MAR.denoise)
     np.testing.assert_allclose(out, ref["loss_mlp_out"], rtol=RTOL, atol=ATOL)
@@ -85,9 +88,14 @@ def test_diffloss_mlp_and_training_loss(ref, params):
     np.testing.assert_array_equal(diffusion.make_diffusion().betas, ref["train_betas"])
 
     loss, terms = apply(params, jnp.asarray(ref["tokens"]), jnp.asarray(ref["labels"]), jnp.asarray(ref["mask"] > 0),
-                        jnp.asarray(ref["drop_label"]), t, noise, 5)
+                        jnp.asarray(ref["drop_label"]), t, noise, 5, num_masked_max)
+    masked_rows = np.tile(ref["mask"].reshape(-1) > 0, t.shape[0] // ref["mask"].size)
+    compared = slice(None) if num_masked_max is None else masked_rows
     for name in ("mse", "vb", "loss"):
-        np.testing.assert_allclose(terms[name], ref[f"loss_{name}"], rtol=RTOL, atol=ATOL, err_msg=name)
+        np.testing.assert_allclose(terms[name][compared], ref[f"loss_{name}"][compared], rtol=RTOL, atol=ATOL,
+                                   err_msg=name)
+    if num_masked_max == 11:
+        np.testing.assert_array_equal(terms["loss"][~masked_rows], 0.0)
     np.testing.assert_allclose(loss, ref["loss_scalar"], rtol=RTOL)
 
 

@@ -3,8 +3,9 @@
 A per-token MLP that predicts (epsilon, variance values) for a noisy token x at timestep t,
 conditioned on the transformer's output z for that token:
   y = TimeEmbed(t) + cond_embed(z);  h = input_proj(x);  h = ResBlock_i(h, y);  FinalLayer(h, y).
-Each block is modulated by y through adaLN (shift, scale, gate), zero-initialised so the
-blocks start as identities.
+Each block is modulated by y through adaLN (shift, scale, gate) = Linear(SiLU(y)), zero-initialised
+so the blocks start as identities. SiLU(y) is the same for every block, so it is computed once and
+passed in.
 """
 import math
 
@@ -46,15 +47,16 @@ class TimestepEmbedder(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """x + gate * MLP(LN(x) * (1 + scale) + shift), with (shift, scale, gate) = Linear(SiLU(y))."""
+    """x + gate * MLP(LN(x) * (1 + scale) + shift), with (shift, scale, gate) = Linear(SiLU(y)).
+    Called with x (N, W) and silu_y = SiLU(y) (N, W) or (1, W)."""
 
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, silu_y: jax.Array) -> jax.Array:
         width = x.shape[-1]
         modulation = dense(3 * width, "adaLN_modulation", self.dtype, kernel_init=zeros,
-                           axes=("embed", "mlp"))(nn.silu(y))
+                           axes=("embed", "mlp"))(silu_y)
         shift, scale, gate = jnp.split(modulation, 3, axis=-1)
         h = modulate(layer_norm("in_ln", self.dtype)(x), shift, scale)
         h = dense(width, "mlp_2", self.dtype)(nn.silu(dense(width, "mlp_0", self.dtype)(h)))
@@ -62,16 +64,17 @@ class ResBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """Linear(LN_noaffine(x) * (1 + scale) + shift), with (shift, scale) = Linear(SiLU(y)); all zero init."""
+    """Linear(LN_noaffine(x) * (1 + scale) + shift), with (shift, scale) = Linear(SiLU(y)); all zero init.
+    Called with x (N, W) and silu_y = SiLU(y)."""
 
     out_channels: int
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, silu_y: jax.Array) -> jax.Array:
         width = x.shape[-1]
         modulation = dense(2 * width, "adaLN_modulation", self.dtype, kernel_init=zeros,
-                           axes=("embed", "mlp"))(nn.silu(y))
+                           axes=("embed", "mlp"))(silu_y)
         shift, scale = jnp.split(modulation, 2, axis=-1)
         h = modulate(layer_norm("norm_final", self.dtype, affine=False)(x), shift, scale)
         return dense(self.out_channels, "linear", self.dtype, kernel_init=zeros, axes=("embed", "token"))(h)
@@ -79,7 +82,8 @@ class FinalLayer(nn.Module):
 
 class SimpleMLPAdaLN(nn.Module):
     """The denoiser. Call with x (N, C), original timesteps t (N,) (or (1,) shared by all rows),
-    condition c (N, Dz) -> (N, 2C)."""
+    condition c (N / k, Dz) -> (N, 2C), where each row of c conditions k consecutive rows of x
+    (k = 1 in sampling; the diffusion_batch_mul copies of a token in training)."""
 
     token_dim: int
     width: int
@@ -95,8 +99,13 @@ class SimpleMLPAdaLN(nn.Module):
             y = jnp.take(time_embed(jnp.arange(NUM_TRAIN_TIMESTEPS)), t, axis=0)
         else:
             y = time_embed(t)
-        y = y + dense(self.width, "cond_embed", self.dtype)(c)
+        copies, rest = divmod(x.shape[0], c.shape[0])
+        if rest:
+            raise ValueError(f"{x.shape[0]} rows of x cannot share {c.shape[0]} condition rows evenly")
+        # Embedding each condition once, not once per copy, computes the same values.
+        y = y + jnp.repeat(dense(self.width, "cond_embed", self.dtype)(c), copies, axis=0)
+        silu_y = nn.silu(y)
         h = dense(self.width, "input_proj", self.dtype, axes=("token", "embed"))(x)
         for i in range(self.depth):
-            h = ResBlock(self.dtype, name=f"res_blocks_{i}")(h, y)
-        return FinalLayer(2 * self.token_dim, self.dtype, name="final_layer")(h, y)
+            h = ResBlock(self.dtype, name=f"res_blocks_{i}")(h, silu_y)
+        return FinalLayer(2 * self.token_dim, self.dtype, name="final_layer")(h, silu_y)

@@ -199,8 +199,9 @@ class MAR(nn.Module):
         return self.diffloss(x, t, z).astype(jnp.float32)
 
     def __call__(self, tokens: jax.Array, labels: jax.Array, mask: jax.Array, drop_label: jax.Array,
-                 t: jax.Array, noise: jax.Array, num_keep_max: int, deterministic: bool = True,
-                 batch_sharding: jax.sharding.Sharding | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 t: jax.Array, noise: jax.Array, num_keep_max: int, num_masked_max: int | None = None,
+                 deterministic: bool = True, batch_sharding: jax.sharding.Sharding | None = None,
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The training loss with all randomness given.
 
         Args:
@@ -209,33 +210,50 @@ class MAR(nn.Module):
           t: (B*L*mul,) timesteps in 0..999 and noise: (B*L*mul, token_dim), for the rows of the
             flattened tokens tiled `mul` (diffusion_batch_mul) times as whole copies.
           num_keep_max: static bound on the number of unmasked tokens per sample.
+          num_masked_max: static bound on the number of masked tokens per sample, or None (= L).
+            The DiffLoss MLP runs on that many positions per sample, masked ones first; the
+            reference runs it on all L and zeroes the loss of the known ones, which is the same loss.
           batch_sharding: the mesh's batch sharding when the batch is split over devices, kept by
             the DiffLoss rows and the transformer's activations; None on one device.
         Returns:
           (loss, terms): loss = sum(row_loss * mask) / sum(mask) over the tiled rows; terms holds
-          the per-row "mse", "vb" and "loss" (N,).
+          the per-row "mse", "vb" and "loss" (N,), 0 at the rows of positions not computed.
         """
         b, seq_len, token_dim = tokens.shape
         z = self.condition(tokens, mask, labels, drop_label, num_keep_max, deterministic, batch_sharding)
         mul = t.shape[0] // (b * seq_len)
+        t, noise = t.reshape(mul, b, seq_len), noise.reshape(mul, b, seq_len, token_dim)
+        if num_masked_max is not None and num_masked_max < seq_len:
+            # A stable argsort of ~mask puts each sample's masked positions first.
+            positions = jnp.argsort(~mask, axis=1, stable=True)[:, :num_masked_max]
+            tokens, z, mask = (jnp.take_along_axis(x, positions.reshape(positions.shape + (1,) * (x.ndim - 2)), axis=1)
+                               for x in (tokens, z, mask))
+            t = jnp.take_along_axis(t, positions[None], axis=2)
+            noise = jnp.take_along_axis(noise, positions[None, :, :, None], axis=2)
+        rows = tokens.shape[1]
 
-        # The rows are computed batch-major, (B, mul, L). In the copy-major order of `t`, `noise`
-        # and the returned terms (the reference's), the batch is not the leading dimension, so a
-        # batch split over devices cannot stay split: every device would hold all rows.
-        def batch_major(rows: jax.Array) -> jax.Array:
-            rows = jnp.swapaxes(rows.reshape((mul, b, seq_len) + rows.shape[1:]), 0, 1).reshape(rows.shape)
-            return rows if batch_sharding is None else jax.lax.with_sharding_constraint(rows, batch_sharding)
+        # The MLP's rows are ordered (B, rows, mul): batch-major, so a batch split over devices
+        # stays split, and the mul copies of a token adjacent, so they share one condition row.
+        # `t`, `noise` and the returned terms keep the reference's copy-major order.
+        def row_major(x: jax.Array) -> jax.Array:
+            x = jnp.moveaxis(x, 0, 2).reshape((b * rows * mul,) + x.shape[3:])
+            return x if batch_sharding is None else jax.lax.with_sharding_constraint(x, batch_sharding)
 
-        def copies(x: jax.Array) -> jax.Array:  # (B, L, ...) -> (B * mul * L, ...), batch-major
-            return jnp.broadcast_to(x[:, None], (b, mul) + x.shape[1:]).reshape((b * mul * seq_len,) + x.shape[2:])
-
-        t, noise = batch_major(t), batch_major(noise)
-        target = copies(tokens.astype(jnp.float32))
+        t, noise = row_major(t), row_major(noise)
+        target = jnp.repeat(tokens.reshape(b * rows, token_dim).astype(jnp.float32), mul, axis=0)
         x_t = diffusion.q_sample(TRAIN_DIFFUSION, target, t, noise)
-        terms = diffusion.training_losses(TRAIN_DIFFUSION, self.denoise(x_t, t, copies(z)), target, x_t, t, noise)
-        row_mask = copies(mask).astype(jnp.float32)
+        out = self.denoise(x_t, t, z.reshape(b * rows, z.shape[-1]))
+        terms = diffusion.training_losses(TRAIN_DIFFUSION, out, target, x_t, t, noise)
+        row_mask = jnp.repeat(mask.reshape(-1), mul).astype(jnp.float32)
         loss = jnp.sum(terms["loss"] * row_mask) / jnp.sum(row_mask)
-        return loss, {k: jnp.swapaxes(v.reshape(b, mul, seq_len), 0, 1).reshape(-1) for k, v in terms.items()}
+
+        def copy_major(v: jax.Array) -> jax.Array:
+            v = v.reshape(b, rows, mul)
+            if rows < seq_len:
+                v = jnp.zeros((b, seq_len, mul), v.dtype).at[jnp.arange(b)[:, None], positions].set(v)
+            return jnp.moveaxis(v, 2, 0).reshape(-1)
+
+        return loss, {k: copy_major(v) for k, v in terms.items()}
 
 
 TRAIN_DIFFUSION = diffusion.make_diffusion()
