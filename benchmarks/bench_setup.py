@@ -84,12 +84,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diffusion-batch-mul", type=int, default=4)
 
 
-def train_setup(model: MAR, batch_size: int, diffusion_batch_mul: int) -> tuple[Any, Callable, dict, jax.Array]:
+def train_setup(model: MAR, batch_size: int, diffusion_batch_mul: int,
+                mask_buckets: int = 1) -> tuple[Any, Callable, dict, jax.Array]:
     """(state, jitted train step donating its state, a random batch of `batch_size`, rng) for `model`."""
     schedule = learning_rate_schedule(1e-4, 100)
     tx = make_optimizer(schedule)
     state = jax.jit(create_train_state, static_argnums=(0, 1))(model, tx, jax.random.key(0))
-    step = jax.jit(make_train_step(model, tx, schedule, diffusion_batch_mul=diffusion_batch_mul), donate_argnums=0)
+    step = jax.jit(make_train_step(model, tx, schedule, diffusion_batch_mul=diffusion_batch_mul,
+                                   mask_buckets=mask_buckets), donate_argnums=0)
     side = model.latent_size
     batch = {"latents": jax.random.normal(jax.random.key(1), (batch_size, side, side, model.latent_channels)),
              "labels": jnp.arange(batch_size) % model.num_classes}

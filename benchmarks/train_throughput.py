@@ -9,7 +9,8 @@ device. Prints one JSON line.
 MFU = analytic matmul FLOPs per image (`marjax.flops`, the reference's useful work, 3 x forward)
 x images/s / the device's peak (`bench_setup.PEAK_TFLOPS`; `--peak-tflops` on other devices).
 `xla_gflop_per_image` is XLA's own count of the compiled step (padding and elementwise work
-included). With `--reference-code`, the reference PyTorch MAR is timed first at the same size and
+included; with `--mask-buckets` > 1, XLA's figure for the switch between the buckets' branches,
+not the expectation over mask counts). With `--reference-code`, the reference PyTorch MAR is timed first at the same size and
 batch on the same device, in a child process.
 """
 import argparse
@@ -25,6 +26,8 @@ from marjax.models.block_stack import REMAT_POLICIES
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser)
+    parser.add_argument("--mask-buckets", type=int, default=3,
+                        help="train.mask_buckets: 3 as in the ImageNet configs, 1 for one padded shape")
     parser.add_argument("--depth", type=int, default=None, help="encoder and decoder blocks (default: the size's)")
     parser.add_argument("--remat", choices=list(REMAT_POLICIES), default="none")
     parser.add_argument("--scan-layers", action="store_true", help="each block group as one nn.scan")
@@ -42,7 +45,7 @@ def main() -> None:
 
     depth = {} if args.depth is None else {"encoder_depth": args.depth, "decoder_depth": args.depth}
     model = build_model(args.size, args.bf16, remat=args.remat, scan_layers=args.scan_layers, **depth)
-    state, jitted, batch, rng = train_setup(model, args.batch, args.diffusion_batch_mul)
+    state, jitted, batch, rng = train_setup(model, args.batch, args.diffusion_batch_mul, args.mask_buckets)
     start = time.perf_counter()
     step = jitted.lower(state, batch, rng).compile()
     compile_s = time.perf_counter() - start
@@ -58,7 +61,8 @@ def main() -> None:
     img_per_s = args.batch / median
     flops = train_flops_per_image(model, args.diffusion_batch_mul)
     record = {"benchmark": "train_step", "size": args.size, "batch": args.batch, "bf16": args.bf16,
-              "diffusion_batch_mul": args.diffusion_batch_mul, "encoder_depth": model.encoder_depth,
+              "diffusion_batch_mul": args.diffusion_batch_mul, "mask_buckets": args.mask_buckets,
+              "encoder_depth": model.encoder_depth,
               "decoder_depth": model.decoder_depth, "remat": args.remat, "scan_layers": args.scan_layers,
               "step_s": round(median, 4),
               "img_per_s": round(img_per_s, 2), "compile_s": round(compile_s, 2), "first_step_s": round(first, 3),

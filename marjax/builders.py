@@ -84,7 +84,7 @@ def mar_train_step(config: ml_collections.ConfigDict, model: MAR, tx: optax.Grad
     t = config.train
     return make_train_step(model, tx, schedule, mask_ratio_min=t.mask_ratio_min, label_drop_prob=t.label_drop_prob,
                            diffusion_batch_mul=t.diffusion_batch_mul, ema_rate=t.ema_rate,
-                           batch_sharding=batch_sharding(mesh))
+                           mask_buckets=t.mask_buckets, batch_sharding=batch_sharding(mesh))
 
 
 def jit_train_step(step: Callable, state_shardings: Any, mesh: jax.sharding.Mesh,

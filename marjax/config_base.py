@@ -95,6 +95,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.mask_ratio_min = 0.7
     c.train.label_drop_prob = 0.1
     c.train.diffusion_batch_mul = 4
+    # Static shapes for the mask count: 1 pads the encoder to the most known tokens; n > 1 cuts
+    # the count's range into n buckets, each compiled with fitted encoder slots and DiffLoss
+    # positions (`masking.mask_count_buckets`), the step running the one that fits. Same loss;
+    # 3 buckets do 8% fewer matmul FLOPs than 1 and compile about 2.3x longer.
+    c.train.mask_buckets = 1
     c.train.log_every_steps = 100
     c.train.checkpoint_every_steps = 5000
     c.train.keep_checkpoints = 3
@@ -152,6 +157,7 @@ def imagenet_mar_config(preset: str, cfg: float) -> ml_collections.ConfigDict:
     for key, value in PRESETS[preset].items():
         c.model[key] = value
     c.train.num_epochs = 800.0
+    c.train.mask_buckets = 3  # minutes more compiling, ~8% less work per step for 800 epochs
     c.sample.num_iter = 256
     c.sample.cfg = cfg
     return c

@@ -31,6 +31,30 @@ def max_unmasked(seq_len: int, min_ratio: float) -> int:
     return seq_len - math.ceil(seq_len * min_ratio)
 
 
+def mask_count_buckets(seq_len: int, min_ratio: float, count: int) -> list[tuple[int, int]]:
+    """Static shapes for `count` ranges of a training mask's known-token count.
+
+    The known count L - num_masked is one of the integers 0..max_unmasked; they are cut into
+    `count` consecutive ranges of near-equal size. Returns (num_keep_max, num_masked_max) per
+    range, in increasing known count: the encoder's known-token slots and the DiffLoss positions
+    a mask in that range needs. E.g. L = 64, min_ratio 0.7, count 3: [(5, 64), (12, 58), (19, 51)].
+    """
+    keep_max = max_unmasked(seq_len, min_ratio)
+    if not 1 <= count <= keep_max + 1:
+        raise ValueError(f"mask_buckets must be in [1, {keep_max + 1}] for {seq_len} tokens at "
+                         f"mask_ratio_min {min_ratio}, got {count}")
+    keeps = [(keep_max + 1) * (i + 1) // count - 1 for i in range(count)]
+    # At least one encoder slot, so that no array is empty when no token is known.
+    return [(max(keep, 1), seq_len - (keeps[i - 1] + 1 if i else 0)) for i, keep in enumerate(keeps)]
+
+
+def bucket_index(num_masked: jax.Array, buckets: list[tuple[int, int]]) -> jax.Array:
+    """The index into `mask_count_buckets` of a mask with `num_masked` (scalar) masked tokens."""
+    # The buckets' masked-count bounds decrease; each after the first starts below the one before.
+    masked_bounds = jnp.asarray([masked for _, masked in buckets[1:]], jnp.int32)
+    return jnp.sum(num_masked <= masked_bounds).astype(jnp.int32)
+
+
 def mask_from_orders(orders: jax.Array, num_masked: jax.Array) -> jax.Array:
     """(B, L) bool, True at orders[b, :num_masked]. `num_masked` is a scalar or (B,)."""
     rank = jnp.argsort(orders, axis=1)  # rank[b, p] = where position p falls in the order

@@ -2,14 +2,17 @@
 
 `train_step(state, batch, rng) -> (state, metrics)` is a pure function of static shapes: the
 number of masked tokens (ceil(L r), r ~ truncated normal on [0.7, 1]) is drawn inside the
-step, and the encoder always takes `L - ceil(0.7 L)` known-token slots with padding masked
-out of attention, so one compilation serves every step. The step's rng is
-`fold_in(rng, state.step)`.
+step, and the encoder takes a static number of known-token slots with padding masked out of
+attention, so one compilation serves every step. With `mask_buckets` > 1 the known-token
+count's range is cut into that many buckets (`masking.mask_count_buckets`), each with its own
+static encoder slots and DiffLoss positions, and `lax.switch` runs the one that fits: less
+padding, the same loss, still one compilation. The step's rng is `fold_in(rng, state.step)`.
 
 Recipe (the reference's): AdamW betas (0.9, 0.95), weight decay on >= 2-D params outside the
 DiffLoss MLP, global-norm clipping, lr warmup from 0 then constant or cosine, EMA of the
 params updated every step from step 0.
 """
+import functools
 from typing import Any, Callable
 
 import flax
@@ -18,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from marjax.diffusion import NUM_TRAIN_TIMESTEPS
-from marjax.masking import mask_from_orders, max_unmasked, sample_num_masked, sample_orders
+from marjax.masking import bucket_index, mask_count_buckets, mask_from_orders, sample_num_masked, sample_orders
 from marjax.models.mar import BLOCK_GROUPS, MAR, init_params, patchify
 
 Batch = dict[str, jax.Array]
@@ -78,7 +81,7 @@ def create_train_state(model: MAR, tx: optax.GradientTransformation, rng: jax.Ar
 
 def make_train_step(model: MAR, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     mask_ratio_min: float = 0.7, label_drop_prob: float = 0.1,
-                    diffusion_batch_mul: int = 4, ema_rate: float = 0.9999,
+                    diffusion_batch_mul: int = 4, ema_rate: float = 0.9999, mask_buckets: int = 1,
                     batch_sharding: jax.sharding.Sharding | None = None,
                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """Builds `train_step(state, batch, rng) -> (state, metrics)`.
@@ -88,7 +91,7 @@ def make_train_step(model: MAR, tx: optax.GradientTransformation, schedule: opta
     metrics: loss, grad_norm, lr, param_norm, mask_ratio (scalars).
     """
     seq_len, token_dim = model.seq_len, model.token_dim
-    num_keep_max = max_unmasked(seq_len, mask_ratio_min)
+    buckets = mask_count_buckets(seq_len, mask_ratio_min, mask_buckets)
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(rng, state.step)
@@ -103,13 +106,20 @@ def make_train_step(model: MAR, tx: optax.GradientTransformation, schedule: opta
         t = jax.random.randint(t_key, (rows,), 0, NUM_TRAIN_TIMESTEPS)
         noise = jax.random.normal(noise_key, (rows, token_dim))
 
-        def loss_fn(params):
+        def bucket_loss(params, num_keep_max: int, num_masked_max: int):
             loss, _ = model.apply({"params": params}, tokens, batch["labels"], mask, drop_label, t, noise,
-                                  num_keep_max, deterministic=False, batch_sharding=batch_sharding,
-                                  rngs={"dropout": dropout_key})
+                                  num_keep_max, num_masked_max, deterministic=False,
+                                  batch_sharding=batch_sharding, rngs={"dropout": dropout_key})
             return loss
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        # Each bucket differentiates its own loss: differentiating through the switch instead
+        # would make every branch return the residuals of all branches.
+        branches = [jax.value_and_grad(functools.partial(bucket_loss, num_keep_max=k, num_masked_max=m))
+                    for k, m in buckets]
+        if len(branches) == 1:
+            loss, grads = branches[0](state.params)
+        else:
+            loss, grads = jax.lax.switch(bucket_index(num_masked, buckets), branches, state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p, state.ema_params, params)

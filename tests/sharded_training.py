@@ -31,6 +31,7 @@ def tiny_config():
     c.train.num_steps = NUM_STEPS
     c.train.warmup_epochs = 0.0
     c.mesh.fsdp_min_size = 256
+    c.train.mask_buckets = 2  # the switch between the buckets' branches runs sharded too
     return c
 
 

@@ -49,6 +49,7 @@ for scan in (False, True):
         config.model.update(encoder_depth=2, decoder_depth=2, scan_layers=scan)
         config.mesh.update(data=1, fsdp=n)
         config.train.global_batch_size = 4 * n
+        config.train.mask_buckets = 1
         temps[f"scan={scan} devices={n}"] = compile_report(config, jax.devices()[:n])[1]["per_device_bytes"]["temps"]
 print(json.dumps(temps))
 """

@@ -68,3 +68,30 @@ def test_mask_is_the_head_of_each_order():
     mask = np.asarray(masking.mask_from_orders(orders, jnp.int32(4)))
     for b in range(3):
         assert set(np.flatnonzero(mask[b])) == set(np.asarray(orders[b, :4]))
+
+
+@pytest.mark.parametrize("seq_len, count", [(64, 3), (256, 4), (16, 5), (64, 1)])
+def test_mask_count_buckets_cover_every_count_with_the_tightest_shapes(seq_len, count):
+    buckets = masking.mask_count_buckets(seq_len, 0.7, count)
+    assert len(buckets) == count
+    keep_max = masking.max_unmasked(seq_len, 0.7)
+    assert buckets[-1][0] == keep_max and buckets[0][1] == seq_len
+    hit = set()
+    for num_masked in range(seq_len - keep_max, seq_len + 1):
+        index = int(masking.bucket_index(jnp.int32(num_masked), buckets))
+        keep, masked = buckets[index]
+        known = seq_len - num_masked
+        assert known <= keep and num_masked <= masked, (num_masked, buckets[index])
+        # The tightest bucket: the next one has fewer DiffLoss positions than this mask needs.
+        assert index == count - 1 or num_masked > buckets[index + 1][1]
+        hit.add(index)
+    assert hit == set(range(count))
+
+
+def test_mask_count_buckets_of_the_comparison_config_and_their_errors():
+    assert masking.mask_count_buckets(64, 0.7, 3) == [(5, 64), (12, 58), (19, 51)]
+    assert masking.mask_count_buckets(64, 0.7, 1) == [(19, 64)]
+    with pytest.raises(ValueError, match=r"mask_buckets must be in \[1, 20\].*got 21"):
+        masking.mask_count_buckets(64, 0.7, 21)
+    with pytest.raises(ValueError, match="got 0"):
+        masking.mask_count_buckets(64, 0.7, 0)

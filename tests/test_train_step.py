@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from marjax.masking import mask_from_orders, sample_orders
+from marjax.masking import bucket_index, mask_count_buckets, mask_from_orders, sample_orders
 from marjax.models.block_stack import stack_block_params
 from marjax.models.mar import BLOCK_GROUPS, MAR, init_params, patchify
 from marjax.train_step import (create_train_state, learning_rate_schedule, make_optimizer, make_train_step,
@@ -21,10 +21,11 @@ def toy_batch(n=16):
     return {"latents": latents, "labels": labels}
 
 
-def test_one_compilation_for_twenty_steps_with_varying_mask_counts(tiny_model):
+@pytest.mark.parametrize("mask_buckets", [1, 3])
+def test_one_compilation_for_twenty_steps_with_varying_mask_counts(tiny_model, mask_buckets):
     schedule = learning_rate_schedule(1e-3, 5)
     tx = make_optimizer(schedule)
-    step_fn = make_train_step(tiny_model, tx, schedule)
+    step_fn = make_train_step(tiny_model, tx, schedule, mask_buckets=mask_buckets)
     traces = []
 
     def counted(state, batch, rng):
@@ -41,6 +42,32 @@ def test_one_compilation_for_twenty_steps_with_varying_mask_counts(tiny_model):
     assert len(set(ratios)) >= 3, ratios  # the mask count really changed between steps
     assert int(state.step) == 20
     assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_mask_buckets_change_the_shapes_not_the_step():
+    """Three buckets (encoder slots and DiffLoss positions fitted to the mask count) give the
+    one-bucket step's losses and params, over steps whose mask counts fall in every bucket.
+    Without dropout: hashed dropout masks depend on the array shape."""
+    model = MAR(**{**TINY, "attn_dropout": 0.0, "proj_dropout": 0.0})
+    schedule = learning_rate_schedule(1e-3, 2)
+    tx = make_optimizer(schedule)
+    buckets = mask_count_buckets(model.seq_len, 0.7, 3)
+    runs = {}
+    for count in (1, 3):
+        step = jax.jit(make_train_step(model, tx, schedule, mask_buckets=count, ema_rate=0.5))
+        state = create_train_state(model, tx, jax.random.key(0))
+        losses, hit = [], set()
+        for _ in range(12):
+            state, metrics = step(state, toy_batch(), jax.random.key(1))
+            losses.append(float(metrics["loss"]))
+            num_masked = round(float(metrics["mask_ratio"]) * model.seq_len)
+            hit.add(int(bucket_index(jnp.int32(num_masked), buckets)))
+        runs[count] = (losses, state, hit)
+    assert runs[3][2] == {0, 1, 2}
+    np.testing.assert_allclose(runs[3][0], runs[1][0], rtol=2e-5)
+    for name in ("params", "ema_params"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6),
+                     getattr(runs[3][1], name), getattr(runs[1][1], name))
 
 
 def test_loss_falls_on_a_toy_dataset(tiny_model):
