@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from marjax.masking import mask_count_buckets
 from marjax.models.block_stack import REMAT_POLICIES
 from marjax.models.layers import LAYER_AXIS
 from marjax.tokenizers import check_available, tokenizer_spec
@@ -129,6 +130,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"data.image_size={config.data.image_size} is not divisible by the tokenizer stride "
             f"({config.tokenizer.name}: {spec.stride}) x model.patch_size ({config.model.patch_size}) = {unit}")
+    if config.task == "mar":
+        side = config.data.image_size // unit
+        try:
+            mask_count_buckets(side * side, config.train.mask_ratio_min, config.train.mask_buckets)
+        except ValueError as e:
+            raise ConfigError(f"train.{e}") from e
     for width, heads in (("encoder_width", "encoder_heads"), ("decoder_width", "decoder_heads")):
         if config.model[width] % config.model[heads]:
             raise ConfigError(f"model.{width}={config.model[width]} is not divisible by "

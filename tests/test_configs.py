@@ -65,6 +65,7 @@ def test_unknown_override_lists_valid_keys_with_a_suggestion():
     (("model", "encoder_heads", 3), "encoder_width=128 is not divisible"),
     (("tokenizer", "name", "kl16"), "needs its weights: convert the published weights"),
     (("train", "log_every_steps", 0), "train.log_every_steps"),
+    (("train", "mask_buckets", 6), r"train.mask_buckets must be in \[1, 5\] for 16 tokens"),
 ])
 def test_validate_rejects(override, message):
     config = load("digits.py")
