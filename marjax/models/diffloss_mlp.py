@@ -48,7 +48,7 @@ class TimestepEmbedder(nn.Module):
 
 class ResBlock(nn.Module):
     """x + gate * MLP(LN(x) * (1 + scale) + shift), with (shift, scale, gate) = Linear(SiLU(y)).
-    Called with x (N, W) and silu_y = SiLU(y) (N, W) or (1, W)."""
+    Called with x (N, W) and silu_y = SiLU(y) (N, W)."""
 
     dtype: Dtype = jnp.float32
 
@@ -65,7 +65,7 @@ class ResBlock(nn.Module):
 
 class FinalLayer(nn.Module):
     """Linear(LN_noaffine(x) * (1 + scale) + shift), with (shift, scale) = Linear(SiLU(y)); all zero init.
-    Called with x (N, W) and silu_y = SiLU(y)."""
+    Called with x (N, W) and silu_y = SiLU(y) (N, W)."""
 
     out_channels: int
     dtype: Dtype = jnp.float32

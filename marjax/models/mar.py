@@ -194,8 +194,8 @@ class MAR(nn.Module):
         return self.decode(x, mask, deterministic, batch_sharding)
 
     def denoise(self, x: jax.Array, t: jax.Array, z: jax.Array) -> jax.Array:
-        """The DiffLoss MLP: x (N, token_dim), original timesteps t (N,) or (1,) shared, z (N, D_dec)
-        -> (N, 2*token_dim) fp32."""
+        """The DiffLoss MLP: x (N, token_dim), original timesteps t (N,) or (1,) shared, z (N / k, D_dec)
+        with each row conditioning k consecutive rows of x -> (N, 2*token_dim) fp32."""
         return self.diffloss(x, t, z).astype(jnp.float32)
 
     def __call__(self, tokens: jax.Array, labels: jax.Array, mask: jax.Array, drop_label: jax.Array,
