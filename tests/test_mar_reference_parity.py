@@ -163,7 +163,8 @@ def test_whole_generation(ref, params, prefix, cfg, temperature):
 def test_diffloss_condition_rows_shared_by_consecutive_copies(ref, params):
     """z with one row per token conditions that token's k consecutive copies exactly as z repeated
     k times; a row count that does not divide is an error."""
-    x, t, z = jnp.asarray(ref["loss_x_t"][:6]), jnp.asarray(ref["loss_t"][:6], jnp.int32), jnp.asarray(ref["loss_z"][:3])
+    x, t = jnp.asarray(ref["loss_x_t"][:6]), jnp.asarray(ref["loss_t"][:6], jnp.int32)
+    z = jnp.asarray(ref["loss_z"][:3])
     shared = apply(params, x, t, z, method=MAR.denoise)
     np.testing.assert_allclose(shared, apply(params, x, t, jnp.repeat(z, 2, axis=0), method=MAR.denoise),
                                rtol=1e-6, atol=1e-6)
