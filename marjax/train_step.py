@@ -113,13 +113,11 @@ def make_train_step(model: MAR, tx: optax.GradientTransformation, schedule: opta
             return loss
 
         # Each bucket differentiates its own loss: differentiating through the switch instead
-        # would make every branch return the residuals of all branches.
+        # would make every branch return the residuals of all branches. With one bucket,
+        # `switch` calls it directly.
         branches = [jax.value_and_grad(functools.partial(bucket_loss, num_keep_max=k, num_masked_max=m))
                     for k, m in buckets]
-        if len(branches) == 1:
-            loss, grads = branches[0](state.params)
-        else:
-            loss, grads = jax.lax.switch(bucket_index(num_masked, buckets), branches, state.params)
+        loss, grads = jax.lax.switch(bucket_index(num_masked, buckets), branches, state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p, state.ema_params, params)
