@@ -5,7 +5,7 @@
 Tokens are 2x2 pixel patches (16 tokens of 4 values); nothing is downloaded (the digits ship
 inside scikit-learn). `get_config("runlocal")` is a few-step smoke run.
 """
-from marjax.config_base import base_config
+from marjax.config.defaults import base_config
 
 
 def get_config(arg: str | None = None):
@@ -16,7 +16,7 @@ def get_config(arg: str | None = None):
     c.data.num_classes = 10
     c.data.random_flip = False  # a mirrored digit is another glyph
 
-    c.tokenizer.name = "pixels"
+    c.tokenizer.kind = "pixels"
 
     c.model.patch_size = 2
     c.model.update(encoder_width=128, encoder_depth=2, encoder_heads=4,

@@ -9,15 +9,14 @@
 """
 import os
 
-from marjax.config_checks import load_config_file
+from marjax.config.loading import load_config_file
 
 
 def get_config(arg: str | None = None):
     del arg
     c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.py"))
-    c.vae = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_vae.py")).vae
+    c.tokenizer = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_vae.py")).tokenizer
     c.data.image_size = 16
-    c.tokenizer.name = "vae"
     c.tokenizer.checkpoint = "/tmp/marjax-digits-vae"
     c.tokenizer.scale = 0.274  # 1 / std of the digits_vae run's posterior samples over the digits (3.65)
     c.sample.clip_denoised = False  # latents have no fixed range

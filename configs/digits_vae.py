@@ -5,7 +5,7 @@
 Reconstruction grids (original, EMA reconstruction) are written to <workdir>/samples.
 `get_config("vq")` trains a VQ tokenizer on the same backbone instead.
 """
-from marjax.config_base import base_config
+from marjax.config.defaults import base_config
 
 
 def get_config(arg: str | None = None):
@@ -16,12 +16,12 @@ def get_config(arg: str | None = None):
     c.data.channels = 1
     c.data.num_classes = 10
     c.data.random_flip = False
-    c.tokenizer.name = "pixels"
-    c.vae.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=16, embed_dim=4,
+    c.tokenizer.kind = "kl"
+    c.tokenizer.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=16, embed_dim=4,
                  z_channels=32, codebook_size=256, code_dim=4, disc_ndf=32, disc_layers=2, disc_start=1000)
     if arg == "vq":
-        c.vae.kind = "vq"
-        c.vae.reconstruction = "l2"
+        c.tokenizer.kind = "vq"
+        c.tokenizer.reconstruction = "l2"
     c.train.global_batch_size = 64
     c.train.num_epochs = 20.0
     c.train.warmup_epochs = 0.0

@@ -5,7 +5,7 @@
 
 From an image folder instead of TFDS: --config.data.source=image_folder --config.data.path=/imagenet/train
 """
-from marjax.config_base import imagenet_mar_config
+from marjax.tasks.mar import imagenet_mar_config
 
 
 def get_config(arg: str | None = None):

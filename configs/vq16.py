@@ -5,20 +5,19 @@
 
 Codebook + 0.25 commitment loss, L2 reconstruction, PatchGAN hinge 0.5 from step 20,000, Adam
 (0.9, 0.95) at lr 1e-4, LPIPS weight 1.0 from the two weight files given as in configs/kl16.py
-(`--config.vae.lpips_vgg16=... --config.vae.lpips_lin=...`; without them: a warning, no LPIPS).
+(`--config.tokenizer.lpips_vgg16=... --config.tokenizer.lpips_lin=...`; without them: a warning, no LPIPS).
 """
-from marjax.config_base import base_config
+from marjax.config.defaults import base_config
 
 
 def get_config(arg: str | None = None):
     del arg
     c = base_config()
     c.task = "tokenizer"
-    c.tokenizer.name = "pixels"
-    c.vae.kind = "vq"
-    c.vae.attn_resolutions = ()
-    c.vae.reconstruction = "l2"
-    c.vae.disc_start = 20_000
+    c.tokenizer.kind = "vq"
+    c.tokenizer.attn_resolutions = ()
+    c.tokenizer.reconstruction = "l2"
+    c.tokenizer.disc_start = 20_000
     c.train.global_batch_size = 128
     c.train.base_lr = 2e-4  # lr 1e-4 at batch 128
     c.train.num_epochs = 40.0
@@ -26,5 +25,5 @@ def get_config(arg: str | None = None):
     c.train.grad_clip = 0.0
     c.train.ema_rate = 0.999
     c.train.sample_every_steps = 5000
-    c.vae.perceptual_weight = 1.0
+    c.tokenizer.perceptual_weight = 1.0
     return c

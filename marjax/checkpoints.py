@@ -14,9 +14,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
+from marjax.errors import IncompatibleCheckpointError
 
-class IncompatibleCheckpointError(ValueError):
-    """The workdir holds a checkpoint of a model this config does not build."""
 
 
 class RunCheckpoints:

@@ -1,4 +1,4 @@
-"""`--mode=compile`: lower and compile the MAR train step for the config's mesh, without
+"""`--mode=compile`: lower and compile the task's train step for the config's mesh, without
 allocating the state, and report per-device memory and FLOPs per step.
 
 Inputs are abstract (shapes, dtypes and shardings only), so a MAR-H state for a 64-chip pod
@@ -21,11 +21,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from marjax.builders import (jit_train_step, mar_train_step, model_from_config, optimizer_from_config, state_layout,
-                             step_plan)
-from marjax.config_checks import ConfigError
-from marjax.config_base import IMAGENET_TRAIN_IMAGES
-from marjax.sharding import batch_sharding, mesh_from_config, replicated
+from marjax.config.defaults import IMAGENET_TRAIN_IMAGES
+from marjax.errors import ConfigError
+from marjax.parallel.sharding import mesh_from_config, replicated
+from marjax.tasks.registry import check_config, make_task
+from marjax.tasks.train_state import jit_train_step
 
 GIB = 2 ** 30
 
@@ -36,26 +36,21 @@ def _bytes_per_device(abstract: object) -> int:
 
 
 def compile_report(config: ml_collections.ConfigDict, devices: list | None = None) -> list[dict]:
-    """Compiles the MAR train step of `config` on its mesh over `devices` (default: all). Returns
+    """Compiles the train step of `config.task` on its mesh over `devices` (default: all). Returns
     three records: "setup" (params, mesh, batches), "memory" (per device, bytes and GiB), "cost"
     (FLOPs per step)."""
-    if config.task != "mar":
-        raise ConfigError(f"--mode=compile plans the MAR train step; config.task is {config.task!r}")
+    check_config(config, weights=False)
     mesh = mesh_from_config(config.mesh, devices)
-    model = model_from_config(config)
-    tx, schedule = optimizer_from_config(config, step_plan(config, IMAGENET_TRAIN_IMAGES))
-    abstract_state, shardings = state_layout(model, tx, mesh, config.mesh)
+    task = make_task(config, mesh, IMAGENET_TRAIN_IMAGES)
+    abstract_state = task.abstract_state
     batch_size = config.train.global_batch_size
     if batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
         raise ConfigError(f"train.global_batch_size={batch_size} does not split over the mesh's "
                          f"{mesh.shape['data']} x {mesh.shape['fsdp']} batch shards")
-    side = model.latent_size
-    batch = {"latents": jax.ShapeDtypeStruct((batch_size, side, side, model.latent_channels), np.float32,
-                                             sharding=batch_sharding(mesh)),
-             "labels": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=batch_sharding(mesh))}
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated(mesh))
-    step = jit_train_step(mar_train_step(config, model, tx, schedule, mesh), shardings, mesh)
-    compiled = step.lower(abstract_state, batch, rng).compile()
+    frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), task.frozen)
+    step = jit_train_step(task.step, task.shardings, mesh)
+    compiled = step.lower(abstract_state, task.abstract_batch(batch_size), rng, frozen).compile()
 
     memory = compiled.memory_analysis()
     sizes = {"arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,

@@ -19,12 +19,23 @@ import sys
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
+import torch
 from absl import app, flags
 
-from marjax.config_base import imagenet_mar_config
-from marjax.models.kl_vae import KL_PRESETS, AutoencoderKL, init_vae_params
-from marjax.models.mar import PRESETS, MAR
-from marjax.torch_files import ConversionError, load_torch_file
+from marjax.checkpoints import RunCheckpoints
+from marjax.errors import ConversionError
+from marjax.models.mar import PRESETS
+from marjax.models.mar_torch_layout import params_from_torch_state as mar_params_from_torch_state
+from marjax.models.mar_torch_layout import torch_state_from_params as mar_torch_state_from_params
+from marjax.parallel.sharding import make_mesh
+from marjax.tasks.mar import imagenet_mar_config, model_from_config
+from marjax.tasks.registry import make_task, restore_state
+from marjax.tasks.tokenizer_from_config import load_converted_params
+from marjax.tokenizers.kl import KL_PRESETS, AutoencoderKL, init_vae_params
+from marjax.tokenizers.kl_torch_layout import params_from_torch_state as kl_params_from_torch_state
+from marjax.tokenizers.kl_torch_layout import torch_state_from_params as kl_torch_state_from_params
+from marjax.torch_files import load_torch_file
 
 KIND = flags.DEFINE_enum("kind", None, ["mar", "kl16"], "What the file holds.", required=True)
 INPUT = flags.DEFINE_string("input", None, "The .pth/.ckpt file (or, with --to=torch, the marjax directory).",
@@ -81,21 +92,15 @@ def convert_mar(content: dict, output: str, weights: str, preset: str | None) ->
 
 
 def write_mar_workdir(model_state: dict, ema_state: dict, config: ml_collections.ConfigDict, output: str) -> None:
-    """State dicts in the reference layout -> step 0 of a workdir for the model of `config`."""
-    from marjax.builders import model_from_config, optimizer_from_config, step_plan
-    from marjax.checkpoints import RunCheckpoints
-    from marjax.models.mar_torch_layout import params_from_torch_state
-    from marjax.train_step import TrainState
-
-    model: MAR = model_from_config(config)
+    """State dicts in the reference layout -> step 0 of a workdir for the model of `config`
+    (its task's state around the weights: a fresh optimizer state)."""
+    model = model_from_config(config)
     try:
-        params = params_from_torch_state(model_state, model)
-        ema_params = params_from_torch_state(ema_state, model)
+        params = mar_params_from_torch_state(model_state, model)
+        ema_params = mar_params_from_torch_state(ema_state, model)
     except ValueError as e:
         raise ConversionError(str(e)) from e
-    tx, _ = optimizer_from_config(config, step_plan(config, config.train.global_batch_size))
-    state = TrainState(step=np.zeros((), np.int32), params=params, ema_params=ema_params,
-                       opt_state=tx.init(params))
+    state = make_task(config, make_mesh(devices=jax.devices()[:1])).state_from_params(params, ema_params)
     checkpoints = RunCheckpoints(output, keep=1)
     if checkpoints.latest_step() is not None:
         raise ConversionError(f"--output={output} already holds checkpoints; choose a new directory")
@@ -105,15 +110,11 @@ def write_mar_workdir(model_state: dict, ema_state: dict, config: ml_collections
 
 def convert_kl16(content: dict, output: str, model: AutoencoderKL = AutoencoderKL(**KL_PRESETS["kl16"])) -> None:
     """Writes the VAE params (of `model`, by default kl16) as an Orbax checkpoint at `output`."""
-    import orbax.checkpoint as ocp
-
-    from marjax.models.kl_vae_torch_layout import params_from_torch_state
-
     state = content.get("model", content)
     state = {k: v for k, v in state.items() if not k.startswith("loss.")}  # training-time loss modules
     target = jax.eval_shape(lambda: init_vae_params(model, jax.random.key(0), 32))
     try:
-        params = params_from_torch_state(state, target)
+        params = kl_params_from_torch_state(state, target)
     except ValueError as e:
         raise ConversionError(str(e)) from e
     if os.path.exists(output):
@@ -125,13 +126,9 @@ def convert_kl16(content: dict, output: str, model: AutoencoderKL = AutoencoderK
 
 def export_torch(kind: str, directory: str, output: str) -> None:
     """marjax weights -> a .pth in the reference layout ({"model", "model_ema"} for MAR, {"model"} for kl16)."""
-    import torch
-
     if kind == "kl16":
-        from marjax.models.kl_vae_torch_layout import torch_state_from_params
-        from marjax.tokenizers import load_vae_params
-
-        state = {"model": torch_state_from_params(load_vae_params(AutoencoderKL(**KL_PRESETS["kl16"]), directory))}
+        model = AutoencoderKL(**KL_PRESETS["kl16"])
+        state = {"model": kl_torch_state_from_params(load_converted_params(model, directory))}
     else:
         state = _mar_torch_state(directory)
     torch.save({name: {k: torch.from_numpy(np.array(v, np.float32)) for k, v in sd.items()}
@@ -139,18 +136,15 @@ def export_torch(kind: str, directory: str, output: str) -> None:
 
 
 def _mar_torch_state(directory: str) -> dict:
-    from marjax.builders import restore_mar_state
-    from marjax.checkpoints import RunCheckpoints
-    from marjax.models.mar_torch_layout import torch_state_from_params
-
     checkpoints = RunCheckpoints(directory, read_only=True)
     step = checkpoints.latest_step()
     if step is None:
         raise ConversionError(f"--input={directory} holds no marjax checkpoint")
     config = ml_collections.ConfigDict(checkpoints.saved_config(step))
     checkpoints.close()
-    state, _ = restore_mar_state(config, directory, step)
-    return {"model": torch_state_from_params(state.params), "model_ema": torch_state_from_params(state.ema_params)}
+    _, state, _ = restore_state(config, directory, step)
+    return {"model": mar_torch_state_from_params(state.params),
+            "model_ema": mar_torch_state_from_params(state.ema_params)}
 
 
 def main(argv: list[str]) -> None:

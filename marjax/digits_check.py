@@ -21,8 +21,7 @@ from absl import app, flags
 from sklearn.datasets import load_digits
 from sklearn.svm import SVC
 
-NUM_TRAIN = 1500
-
+from marjax.data.digits import NUM_TRAIN, digit_pixels
 
 def within_class_spread(pixels: np.ndarray, labels: np.ndarray) -> float:
     """Mean over classes present of the mean per-pixel std within the class. pixels: (N, 64)."""
@@ -34,16 +33,6 @@ def nearest_distance(queries: np.ndarray, references: np.ndarray) -> float:
     d2 = (queries ** 2).sum(1)[:, None] - 2 * queries @ references.T + (references ** 2).sum(1)[None]
     return float(np.sqrt(np.maximum(d2.min(axis=1), 0)).mean())
 
-
-def digit_pixels(images, dtype=np.float64):
-    """(N, 8k, 8k[, 1]) uint8 in 0..255 (numpy or jax) -> (N, 64) in the digits' 0..16 scale: k x k
-    blocks are averaged back to 8x8, as the digits were upscaled by repetition."""
-    side = images.shape[1]
-    if images.shape[1] != images.shape[2] or side % 8 or (images.ndim == 4 and images.shape[3] != 1):
-        raise ValueError(f"expected square one-channel digit images of side 8k, got shape {images.shape}")
-    k = side // 8
-    pooled = images.astype(dtype).reshape(len(images), 8, k, 8, k).mean(axis=(2, 4))
-    return pooled.reshape(len(images), 64) * (16.0 / 255.0)
 
 
 def check_digits(images: np.ndarray, labels: np.ndarray) -> dict:

@@ -16,7 +16,7 @@
    (`eval/<name>` at the checkpoint's step) and to `<workdir>/eval_step_<N>.json`.
 
 Feature networks (`eval.feature_network`): "inception" (FID's Inception-v3, weights from
-`eval.inception_weights`) or "digits" (`marjax.digits_features`, trained in-process). The
+`eval.inception_weights`) or "digits" (`marjax.feature_networks.digits`, trained in-process). The
 reference is an ADM-style `.npz` (`eval.reference`: `mu`/`sigma` for FID and/or `arr_0` uint8
 images, whose features give precision/recall and, lacking mu/sigma, the statistics) or, with
 no file, `eval.num_reference_images` evenly spaced records of the run's data source.
@@ -34,10 +34,17 @@ from absl import logging
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
-from marjax import config_checks, metrics
-from marjax.data.image_ops import to_uint8
-from marjax.sample import generate_latents, sample_labels, write_png
-from marjax.sharding import BATCH_AXES, batch_sharding, mesh_from_config, replicated
+from marjax import metrics
+from marjax.data.class_labels import sample_labels
+from marjax.data.sources import make_source
+from marjax.errors import ConfigError
+from marjax.feature_networks import inception
+from marjax.feature_networks.digits import digits_features, heldout_accuracy, train_digits_classifier
+from marjax.feature_networks.inception_torch_layout import load_inception_params
+from marjax.image_files import write_png
+from marjax.parallel.sharding import BATCH_AXES, batch_sharding, mesh_from_config, replicated
+from marjax.tasks.base import Task
+from marjax.tasks.registry import check_config, restore_state
 
 ADM_REFERENCE_FILE = "VIRTUAL_imagenet256_labeled.npz"
 
@@ -58,14 +65,9 @@ def make_feature_network(config: ml_collections.ConfigDict, mesh: jax.sharding.M
     """The network of `eval.feature_network`, its params replicated on the mesh. FileNotFoundError
     (naming the file) when the Inception weights are absent."""
     if config.eval.feature_network == "digits":
-        from marjax.digits_features import digits_features, heldout_accuracy, train_digits_classifier
-
         params = train_digits_classifier(config.seed)
         extract = jax.jit(functools.partial(digits_features, jax.device_put(params, replicated(mesh))))
         return FeatureNetwork("digits", extract, True, {"classifier_heldout_accuracy": heldout_accuracy(params)})
-    from marjax.models import inception
-    from marjax.models.inception_torch_layout import load_inception_params
-
     params = jax.device_put(load_inception_params(config.eval.inception_weights), replicated(mesh))
 
     def extract(images):  # torch-fidelity's Inception Score reads the logits without the fc bias
@@ -122,12 +124,10 @@ def load_reference(config: ml_collections.ConfigDict, network: FeatureNetwork, b
             stats = (data["mu"], data["sigma"]) if "mu" in data and "sigma" in data else None
             images = data["arr_0"] if "arr_0" in data and (stats is None or config.eval.precision_recall) else None
         if stats is None and images is None:
-            raise config_checks.ConfigError(f"eval.reference={path!r} holds neither mu/sigma nor arr_0 images")
+            raise ConfigError(f"eval.reference={path!r} holds neither mu/sigma nor arr_0 images")
         num_images, load = (0, None) if images is None else (len(images), images.__getitem__)
         what = f"{path} (mu/sigma: {stats is not None}, images: {num_images})"
     else:
-        from marjax.data.sources import make_source
-
         source = make_source(config.data)
         records = np.linspace(0, len(source) - 1, min(config.eval.num_reference_images, len(source))).astype(int)
         num_images, stats = len(records), None
@@ -159,20 +159,16 @@ def score(network: FeatureNetwork, reference: Reference, pool: np.ndarray, logit
     return figures
 
 
-def generate_and_extract(config: ml_collections.ConfigDict, params: dict, labels: np.ndarray, network: FeatureNetwork,
-                         mesh: jax.sharding.Mesh, batch_size: int, png_directory: str | None) -> dict[str, np.ndarray]:
-    """Generates one image per label on the mesh, batch by batch; returns the host features
-    {"pool", "logits"}. Images never accumulate: each batch is dropped (or written as PNGs)."""
-    from marjax.builders import model_from_config
-    from marjax.tokenizers import make_tokenizer
-
-    model, tokenizer = model_from_config(config), make_tokenizer(config)
+def generate_and_extract(config: ml_collections.ConfigDict, task: Task, params: dict, labels: np.ndarray,
+                         network: FeatureNetwork, mesh: jax.sharding.Mesh, batch_size: int,
+                         png_directory: str | None) -> dict[str, np.ndarray]:
+    """Generates one image per label on the mesh with the task's `generate`, batch by batch;
+    returns the host features {"pool", "logits"}. Images never accumulate: each batch is dropped
+    (or written as PNGs)."""
     rng = jax.random.key(config.sample.seed)
     chunks, done = [], 0
     for batch, count in padded_batches(labels, batch_size):
-        latents = generate_latents(model, params, split_host_array(batch, mesh), jax.random.fold_in(rng, done),
-                                   config.sample)
-        images = to_uint8(tokenizer.decode(latents))
+        images = task.generate(params, split_host_array(batch, mesh), jax.random.fold_in(rng, done))
         outputs = multihost_utils.process_allgather(network.extract(images), tiled=True)
         chunks.append({k: v[:count] for k, v in outputs.items()})
         if png_directory:
@@ -187,25 +183,23 @@ def generate_and_extract(config: ml_collections.ConfigDict, params: dict, labels
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """`--mode=eval`; returns the figures also written to `<workdir>/eval_step_<N>.json`."""
-    from marjax.builders import restore_mar_state
-
-    config_checks.validate(config)
-    if config.task != "mar":
-        raise config_checks.ConfigError("--mode=eval scores MAR samples; set task='mar'")
+    check_config(config)
     mesh = mesh_from_config(config.mesh)
     shards = int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))
     batch_size = -(-config.eval.batch_size // shards) * shards  # every batch shard gets a share
     network = make_feature_network(config, mesh)
     reference = load_reference(config, network, batch_size, mesh)
-    state, step = restore_mar_state(config, workdir, config.sample.step)
-    params = state.ema_params if config.sample.use_ema else state.params
+    task, state, step = restore_state(config, workdir, config.sample.step, mesh)
+    if task.generate is None:
+        raise ConfigError(f"--mode=eval scores generated samples; task={config.task!r} does not generate")
+    params = task.generation_params(state, config.sample.use_ema)
     labels = sample_labels(config.eval.num_images, config.data.num_classes, config.sample.classes)
     png_directory = os.path.join(workdir, f"eval_step_{step}") if config.eval.save_png else None
     if png_directory and jax.process_index() == 0:
         os.makedirs(png_directory, exist_ok=True)
     logging.info("evaluating step %d (%s params): %d samples in batches of %d on %d devices, %s features",
                  step, "EMA" if config.sample.use_ema else "raw", len(labels), batch_size, mesh.size, network.name)
-    outputs = generate_and_extract(config, params, labels, network, mesh, batch_size, png_directory)
+    outputs = generate_and_extract(config, task, params, labels, network, mesh, batch_size, png_directory)
     figures = score(network, reference, outputs["pool"], outputs["logits"], labels)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in figures.items()})

@@ -14,10 +14,19 @@ import logging as std_logging
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+# Before TensorFlow loads (clu's writers import it): keep its C++ start-up chatter out of the log.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from marjax import config_checks
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from marjax.compile_report import write_compile_report  # noqa: E402
+from marjax.config.loading import parse_flags  # noqa: E402
+from marjax.errors import MarjaxError  # noqa: E402
+from marjax.evaluate import evaluate_workdir  # noqa: E402
+from marjax.parallel import distributed  # noqa: E402
+from marjax.sample import sample_from_workdir  # noqa: E402
+from marjax.train import train_and_evaluate  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py.", lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
@@ -38,19 +47,9 @@ def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_QuietLibraries())
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf  # clu's writers import it; keep it off the accelerators JAX uses
 
     tf.config.set_visible_devices([], "GPU")
-    from marjax import distributed
-    from marjax.compile_report import write_compile_report
-    from marjax.checkpoints import IncompatibleCheckpointError
-    from marjax.data.sources import DataError
-    from marjax.evaluate import evaluate_workdir
-    from marjax.sample import sample_from_workdir
-    from marjax.torch_files import ConversionError
-    from marjax.train import TrainingDiverged, train_and_evaluate
-
     distributed.initialize_if_multiprocess()
     config = CONFIG.value
     try:
@@ -62,10 +61,9 @@ def main(argv: list[str]) -> None:
             evaluate_workdir(config, WORKDIR.value)
         else:
             write_compile_report(config, WORKDIR.value)
-    except (config_checks.ConfigError, ConversionError, DataError, IncompatibleCheckpointError,
-            TrainingDiverged, FileNotFoundError) as e:
+    except (MarjaxError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_checks.parse_flags)
+    app.run(main, flags_parser=parse_flags)

@@ -4,9 +4,7 @@ import it; PyTorch itself is imported only when a file is read (extra `convert`)
 """
 import os
 
-
-class ConversionError(ValueError):
-    """A weight file that cannot be read or converted; the message says why and what would work."""
+from marjax.errors import ConversionError
 
 
 def load_torch_file(path: str, allow_pickle: bool = False) -> dict:

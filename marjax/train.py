@@ -1,8 +1,8 @@
 """The training program: `train_and_evaluate(config, workdir)`, read top to bottom.
 
 1. Check the config and open the data (fails before anything compiles).
-2. Build the mesh and the task (`config.task`: MAR or a tokenizer; its model, optimizer, state
-   layout and step live in `marjax.tasks`); restore the latest checkpoint of the workdir (state
+2. Build the mesh and the task (`config.task`, a family of `marjax.tasks.registry.TASKS`: its
+   model, optimizer, state layout and step); restore the latest checkpoint of the workdir (state
    and data position) or initialise, sharded by the mesh.
 3. Steps, with periodic actions: metrics to TensorBoard and the log, progress (steps/s, ETA),
    sample grids, asynchronous checkpoints.
@@ -21,18 +21,17 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from marjax import config_checks
-from marjax.builders import jit_train_step, step_plan
 from marjax.checkpoints import RunCheckpoints
+from marjax.config.loading import config_items
 from marjax.data.pipeline import global_batch, make_dataset
 from marjax.data.sources import make_source
-from marjax.sample import write_samples
-from marjax.sharding import batch_sharding, mesh_from_config, replicated
-from marjax.tasks import make_task
+from marjax.errors import TrainingDiverged
+from marjax.image_files import write_samples
+from marjax.parallel.sharding import batch_sharding, mesh_from_config, replicated
+from marjax.tasks.recipe import step_plan
+from marjax.tasks.registry import check_config, make_task
+from marjax.tasks.train_state import jit_train_step
 
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
 
 
 class _Preemption:
@@ -58,11 +57,11 @@ class _Preemption:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     """Trains until `train.num_steps` (or `train.num_epochs`), resuming from `workdir` if it holds
     checkpoints. Returns the final state (the state saved at preemption, if preempted)."""
-    config_checks.validate(config)
+    check_config(config)
     source = make_source(config.data)
     plan = step_plan(config, len(source))
     mesh = mesh_from_config(config.mesh)
-    task = make_task(config, plan, mesh, source)
+    task = make_task(config, mesh, source=source)
     logging.info("%s: %d parameters; %d records, %d steps per epoch, %d steps (%d warmup), peak lr %g; mesh %s",
                  config.task, task.num_params, len(source), plan.steps_per_epoch, plan.total_steps,
                  plan.warmup_steps, plan.peak_lr, dict(mesh.shape))
@@ -82,12 +81,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
         logging.info("resumed from the checkpoint at step %d in %s", latest, checkpoints.directory)
 
     batch_shard = batch_sharding(mesh)
-    train_step = jit_train_step(task.step, task.shardings, mesh, takes_frozen=True)
+    train_step = jit_train_step(task.step, task.shardings, mesh)
     frozen = jax.device_put(task.frozen, replicated(mesh))
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if latest is None:
-        writer.write_hparams({k: _scalar(v) for k, v in config_checks.config_items(config)})
+        writer.write_hparams({k: _scalar(v) for k, v in config_items(config)})
     progress = periodic_actions.ReportProgress(num_train_steps=plan.total_steps, writer=writer,
                                                every_steps=config.train.log_every_steps, every_secs=None)
     step = int(state.step)
@@ -133,8 +132,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
                 check_and_log(plan.total_steps)
                 checkpoints.save(step, state, data_iterator, config)
                 last_saved = step
-            if config.train.sample_every_steps and (step % config.train.sample_every_steps == 0
-                                                    or step == plan.total_steps):
+            if task.visualize and config.train.sample_every_steps and (
+                    step % config.train.sample_every_steps == 0 or step == plan.total_steps):
                 images, labels = task.visualize(state, sample_key)
                 path = write_samples(f"{workdir}/samples", f"train_step_{step}", images, labels)
                 writer.write_images(step, {"samples": images})

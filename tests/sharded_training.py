@@ -11,9 +11,9 @@ import sys
 import jax
 import numpy as np
 
-from marjax.builders import jit_train_step, step_plan
-from marjax.sharding import batch_sharding, mesh_from_config
-from marjax.tasks import make_task
+from marjax.tasks.recipe import jit_train_step, step_plan
+from marjax.parallel.sharding import batch_sharding, mesh_from_config
+from marjax.tasks.registry import make_task
 from configs import digits
 
 NUM_STEPS = 3

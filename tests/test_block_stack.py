@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from marjax.models.block_stack import stack_block_params, unstack_block_params
+from marjax.blocks.block_stack import stack_block_params, unstack_block_params
 from marjax.models.mar import BLOCK_GROUPS, MAR, count_params, init_boxed_params, init_params
-from marjax.sampler import generate
-from marjax.sharding import logical_axes
+from marjax.sampling.masked import generate
+from marjax.parallel.sharding import logical_axes
 from tests.conftest import TINY
 
 DEPTH2 = {**TINY, "encoder_depth": 2, "decoder_depth": 2}

@@ -3,8 +3,8 @@ import pytest
 
 from configs import digits
 from marjax.compile_report import compile_report
-from marjax.config_checks import ConfigError
-from marjax.builders import model_from_config
+from marjax.config.checks import ConfigError
+from marjax.tasks.recipe import model_from_config
 from marjax.models.mar import count_params
 
 

@@ -5,8 +5,8 @@ import ml_collections
 import pytest
 
 from marjax import config_checks
-from marjax.builders import model_from_config, step_plan
-from marjax.config_base import IMAGENET_TRAIN_IMAGES, base_config
+from marjax.tasks.recipe import model_from_config, step_plan
+from marjax.config.defaults import IMAGENET_TRAIN_IMAGES, base_config
 from marjax.models.mar import PRESETS, count_params
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")

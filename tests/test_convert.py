@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from marjax import convert
-from marjax.config_base import base_config
-from marjax.models import kl_vae_torch_layout, mar_torch_layout
+from marjax.config.defaults import base_config
+from marjax.models import mar_torch_layout
+from marjax.tokenizers import kl_torch_layout
 from marjax.models.mar import PRESETS, init_params, mar_preset
-from marjax.tokenizers import KLTokenizer, load_vae_params
+from marjax.tasks.tokenizer_from_config import KLTokenizer, load_vae_params
 from tests.vae_reference import TINY_VAE, load_reference, reference_state
 
 torch = pytest.importorskip("torch")
@@ -84,7 +85,7 @@ def test_weight_copies_are_chosen_explicitly():
 
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_mar_round_trip_through_torch_layout_is_exact(scan_layers):
-    from marjax.builders import model_from_config
+    from marjax.tasks.recipe import model_from_config
 
     state = mar_reference_state()
     config = tiny_mar_config()
@@ -100,8 +101,8 @@ def test_mar_round_trip_through_torch_layout_is_exact(scan_layers):
 
 
 def _abstract_state(config):
-    from marjax.builders import model_from_config, optimizer_from_config, state_layout, step_plan
-    from marjax.sharding import make_mesh
+    from marjax.tasks.recipe import model_from_config, optimizer_from_config, state_layout, step_plan
+    from marjax.parallel.sharding import make_mesh
 
     tx, _ = optimizer_from_config(config, step_plan(config, 64))
     return state_layout(model_from_config(config), tx, make_mesh(), config.mesh)[0]
@@ -166,7 +167,7 @@ def test_converted_workdir_samples_and_fine_tunes_through_the_cli(tmp_path):
     import subprocess
 
     from marjax import config_checks
-    from marjax.builders import model_from_config
+    from marjax.tasks.recipe import model_from_config
     from tests.test_main_program import REPO, TINY_OVERRIDES, command, env
 
     config = config_checks.load_config_file(os.path.join(REPO, "configs", "digits.py"))

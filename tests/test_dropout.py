@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from marjax.models.dropout import Dropout, dropout_mask
+from marjax.blocks.dropout import Dropout, dropout_mask
 
 SHAPE = (16, 80, 256)  # 327,680 decisions: the drop fraction's standard error is 5e-4 at rate 0.1
 

@@ -7,9 +7,9 @@ import pytest
 
 from marjax import config_checks, metrics
 from marjax.data.sources import DigitsSource
-from marjax.digits_features import digits_features, heldout_accuracy, train_digits_classifier
+from marjax.feature_networks.digits import digits_features, heldout_accuracy, train_digits_classifier
 from marjax.evaluate import ADM_REFERENCE_FILE, load_reference, make_feature_network, padded_batches
-from marjax.sharding import make_mesh
+from marjax.parallel.sharding import make_mesh
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from marjax import flops
-from marjax.masking import sample_num_masked
+from marjax.models.masking import sample_num_masked
 from marjax.models.mar import MAR, init_params, mar_preset
 
 TINY = MAR(latent_size=4, latent_channels=8, encoder_width=64, encoder_depth=2, encoder_heads=4,

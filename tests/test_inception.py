@@ -12,8 +12,8 @@ import zlib
 import numpy as np
 import pytest
 
-from marjax.models import inception
-from marjax.models.inception_torch_layout import WEIGHT_FILE, load_inception_params, params_from_torch_state
+from marjax.feature_networks import inception
+from marjax.feature_networks.inception_torch_layout import WEIGHT_FILE, load_inception_params, params_from_torch_state
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "inception_random_reference.npz")
 

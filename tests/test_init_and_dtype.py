@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from marjax.models.mar import MAR, init_params
-from marjax.train_step import create_train_state, learning_rate_schedule, make_optimizer, make_train_step
+from marjax.tasks.mar_step import create_train_state, learning_rate_schedule, make_optimizer, make_train_step
 from tests.conftest import TINY
 
 WIDE = dict(TINY, encoder_width=128, decoder_width=128, diffloss_width=128, num_classes=50)

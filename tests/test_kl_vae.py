@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from marjax.models.kl_vae import KL_PRESETS, AutoencoderKL, Posterior, init_vae_params
-from marjax.models.kl_vae_torch_layout import torch_key_to_path
+from marjax.tokenizers.kl import KL_PRESETS, AutoencoderKL, Posterior, init_vae_params
+from marjax.tokenizers.kl_torch_layout import torch_key_to_path
 from tests.vae_reference import TINY_VAE as TINY
 from tests.vae_reference import load_reference, reference_params
 

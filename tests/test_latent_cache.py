@@ -10,9 +10,9 @@ from PIL import Image
 from marjax.data.image_ops import to_model_range
 from marjax.data.pipeline import make_dataset
 from marjax.data.sources import DataError, ImageFolderSource
-from marjax.latent_cache import CachedLatentSource, write_latent_cache
-from marjax.models.kl_vae import AutoencoderKL
-from marjax.tokenizers import KLTokenizer
+from marjax.data.latent_cache import CachedLatentSource, write_latent_cache
+from marjax.tokenizers.kl import AutoencoderKL
+from marjax.tasks.tokenizer_from_config import KLTokenizer
 from tests.vae_reference import TINY_VAE, load_reference, reference_params
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from marjax.models.kl_vae import AutoencoderKL
-from marjax.models.lpips import VGG16_BLOCKS, LPIPS, load_lpips, lpips_from_torch, unit_normalize, vgg_blocks
-from marjax.models.patch_discriminator import PatchDiscriminator
-from marjax.tokenizer_train_step import TokenizerLoss, create_tokenizer_state, make_tokenizer_train_step
+from marjax.tokenizers.kl import AutoencoderKL
+from marjax.tokenizers.lpips import VGG16_BLOCKS, LPIPS, load_lpips, lpips_from_torch, unit_normalize, vgg_blocks
+from marjax.tokenizers.discriminator import PatchDiscriminator
+from marjax.tasks.autoencoder_step import TokenizerLoss, create_tokenizer_state, make_tokenizer_train_step
 from marjax.torch_files import ConversionError
 
 # torchvision's vgg16().features: (in, out) of the conv at each index; "M" max pools.

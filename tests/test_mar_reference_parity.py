@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from marjax import diffusion
-from marjax.masking import sampling_schedule
+from marjax.models.masking import sampling_schedule
 from marjax.models.mar import MAR, patchify
 from marjax.models.mar_torch_layout import params_from_torch_state, torch_key_to_path
-from marjax.sampler import generate
+from marjax.sampling.masked import generate
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "mar_tiny_reference.npz"
 MODEL = MAR(latent_size=8, latent_channels=4, patch_size=2, encoder_width=32, encoder_depth=2, encoder_heads=4,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from marjax import sampler
-from marjax.masking import sampling_schedule
+from marjax.models.masking import sampling_schedule
 from marjax.models.mar import MAR
 
 SETTINGS = dict(num_iter=4, num_diffusion_steps=5)

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from marjax.config_base import base_config
-from marjax.config_checks import ConfigError
-from marjax.models.kl_vae import AutoencoderKL
+from marjax.config.defaults import base_config
+from marjax.config.checks import ConfigError
+from marjax.tokenizers.kl import AutoencoderKL
 from marjax.models.mar import MAR, init_boxed_params
-from marjax.models.patch_discriminator import PatchDiscriminator
-from marjax.models.vq_tokenizer import VQModel
-from marjax.sharding import MESH_AXES, logical_axes, make_mesh, mesh_from_config, mesh_spec
-from marjax.tokenizer_train_step import init_boxed_tokenizer_variables
+from marjax.tokenizers.discriminator import PatchDiscriminator
+from marjax.tokenizers.vq import VQModel
+from marjax.parallel.sharding import MESH_AXES, logical_axes, make_mesh, mesh_from_config, mesh_spec
+from marjax.tasks.autoencoder_step import init_boxed_tokenizer_variables
 from tests.test_main_program import REPO, fake_devices
 
 RULES = base_config().mesh.rules
@@ -157,8 +157,8 @@ def test_tokenizer_state_shardings_follow_the_params(kind):
     """The tokenizer task's layout on a 1 x 2 x 1 mesh: EMA and Adam moments as their params, the
     discriminator's big kernels split over "fsdp", its BatchNorm statistics replicated."""
     from configs import digits_vae
-    from marjax.builders import step_plan
-    from marjax.tasks import make_task
+    from marjax.tasks.recipe import step_plan
+    from marjax.tasks.registry import make_task
 
     config = digits_vae.get_config(kind if kind == "vq" else None)
     config.mesh.fsdp_min_size = 4096

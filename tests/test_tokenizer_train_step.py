@@ -8,10 +8,10 @@ import optax
 import pytest
 
 from marjax.data.sources import DigitsSource
-from marjax.models.kl_vae import AutoencoderKL
-from marjax.models.patch_discriminator import PatchDiscriminator
-from marjax.models.vq_tokenizer import VQModel
-from marjax.tokenizer_train_step import (TokenizerLoss, adaptive_weight, create_tokenizer_state, hinge_d_loss,
+from marjax.tokenizers.kl import AutoencoderKL
+from marjax.tokenizers.discriminator import PatchDiscriminator
+from marjax.tokenizers.vq import VQModel
+from marjax.tasks.autoencoder_step import (TokenizerLoss, adaptive_weight, create_tokenizer_state, hinge_d_loss,
                                          make_tokenizer_train_step)
 
 
@@ -91,7 +91,7 @@ def test_tokenizer_training_through_the_cli_checkpoints_and_resumes(tmp_path):
     assert sample.returncode != 0 and "--mode=sample generates with MAR" in sample.stderr
     # The run's EMA weights serve as the "vae" tokenizer of configs/digits_latent.py.
     from marjax import config_checks
-    from marjax.tokenizers import KLTokenizer, make_tokenizer
+    from marjax.tasks.tokenizer_from_config import KLTokenizer, make_tokenizer
 
     config = config_checks.load_config_file(os.path.join(REPO, "configs", "digits_latent.py"))
     config.vae.ch_mult = (1,)

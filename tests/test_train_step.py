@@ -5,10 +5,10 @@ import numpy as np
 import optax
 import pytest
 
-from marjax.masking import bucket_index, mask_count_buckets, mask_from_orders, sample_orders
-from marjax.models.block_stack import stack_block_params
+from marjax.models.masking import bucket_index, mask_count_buckets, mask_from_orders, sample_orders
+from marjax.blocks.block_stack import stack_block_params
 from marjax.models.mar import BLOCK_GROUPS, MAR, init_params, patchify
-from marjax.train_step import (create_train_state, learning_rate_schedule, make_optimizer, make_train_step,
+from marjax.tasks.mar_step import (create_train_state, learning_rate_schedule, make_optimizer, make_train_step,
                                weight_decay_mask)
 from tests.conftest import TINY
 

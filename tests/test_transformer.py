@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import erf
 
-from marjax.models.transformer import Block
+from marjax.blocks.transformer import Block
 
 
 def np_layer_norm(x, p):

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from marjax.models.vector_quantizer import VectorQuantizer, code_statistics
+from marjax.tokenizers.vector_quantizer import VectorQuantizer, code_statistics
 
 CODES = jnp.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -2.0]])
 
@@ -55,7 +55,7 @@ def test_code_statistics():
 
 
 def test_vq_model_shapes_and_code_round_trip():
-    from marjax.models.vq_tokenizer import VQModel
+    from marjax.tokenizers.vq import VQModel
 
     model = VQModel(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), z_channels=32,
                     codebook_size=64, code_dim=4, resolution=16, image_channels=1)

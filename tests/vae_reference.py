@@ -9,8 +9,8 @@ import os
 import jax
 import numpy as np
 
-from marjax.models.kl_vae import AutoencoderKL, init_vae_params
-from marjax.models.kl_vae_torch_layout import params_from_torch_state
+from marjax.tokenizers.kl import AutoencoderKL, init_vae_params
+from marjax.tokenizers.kl_torch_layout import params_from_torch_state
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "kl_vae_tiny_reference.npz")
 TINY_VAE = AutoencoderKL(embed_dim=4, ch=32, ch_mult=(2, 1), num_res_blocks=1, attn_resolutions=(8,), resolution=16)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from marjax.data.image_ops import to_model_range
-from marjax.data.sources import DataError
+from marjax.errors import DataError
 
 
 def _flip(record: dict, rng: np.random.Generator) -> dict:

@@ -9,38 +9,14 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from marjax.data.digits import DigitsSource
 from marjax.data.image_ops import center_crop
+from marjax.data.latent_cache import CachedLatentSource
+from marjax.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class DataError(ValueError):
-    """Training data that is missing or unusable; the message says what to provide."""
-
-
-class DigitsSource:
-    """scikit-learn's 1,797 8x8 handwritten digits (shipped inside the package), 10 classes.
-
-    Pixel values 0..16 are mapped to 0..255 (v * 255 / 16, rounded); one channel.
-    """
-
-    def __init__(self, image_size: int = 8):
-        from sklearn.datasets import load_digits
-
-        if image_size % 8:
-            raise DataError(f"digits are 8x8; data.image_size must be a multiple of 8, got {image_size}")
-        digits = load_digits()
-        images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-        factor = image_size // 8
-        images = images.repeat(factor, axis=1).repeat(factor, axis=2)
-        self.images = images[..., None]
-        self.labels = digits.target.astype(np.int32)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"image": self.images[index], "label": self.labels[index]}
 
 
 class ImageFolderSource:
@@ -141,7 +117,5 @@ def make_source(data_config) -> Sequence[dict]:
         return TfdsSource(data_config.tfds_name, data_config.split, data_config.image_size,
                           data_config.tfds_data_dir)
     if kind == "cached_latents":
-        from marjax.latent_cache import CachedLatentSource
-
         return CachedLatentSource(data_config.path)
     raise DataError(f"unknown data.source {kind!r}; choose 'digits', 'image_folder', 'tfds' or 'cached_latents'")

@@ -26,11 +26,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from marjax import diffusion
-from marjax.models.block_stack import make_blocks, run_blocks
-from marjax.models.diffloss_mlp import SimpleMLPAdaLN
-from marjax.models.layers import Dtype, dense, layer_norm, named
-from marjax.models.transformer import Block
+from marjax.blocks.block_stack import make_blocks, run_blocks
+from marjax.blocks.layers import Dtype, dense, layer_norm, named
+from marjax.blocks.transformer import Block
+from marjax.heads.diffloss import DiffLoss
 
 normal_002 = nn.initializers.normal(0.02)
 
@@ -50,25 +49,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                      diffloss_depth=12, diffloss_width=1536),
 }
 
-
-def patchify(latents: jax.Array, patch_size: int) -> jax.Array:
-    """(B, H, W, C) -> (B, (H/p)*(W/p), C*p*p), each token ordered (c, p, q) as the reference."""
-    b, h, w, c = latents.shape
-    p = patch_size
-    x = latents.reshape(b, h // p, p, w // p, p, c)
-    x = jnp.einsum("nhpwqc->nhwcpq", x)
-    return x.reshape(b, (h // p) * (w // p), c * p * p)
-
-
-def unpatchify(tokens: jax.Array, patch_size: int, grid: tuple[int, int]) -> jax.Array:
-    """(B, L, C*p*p) -> (B, H, W, C); inverse of `patchify` for a token grid (H/p, W/p)."""
-    b, _, d = tokens.shape
-    p = patch_size
-    gh, gw = grid
-    c = d // (p * p)
-    x = tokens.reshape(b, gh, gw, c, p, p)
-    x = jnp.einsum("nhwcpq->nhpwqc", x)
-    return x.reshape(b, gh * p, gw * p, c)
 
 
 class MAR(nn.Module):
@@ -128,8 +108,8 @@ class MAR(nn.Module):
         self.diffusion_pos_embed_learned = self.param(
             "diffusion_pos_embed_learned", position_init, (1, self.seq_len, dec))
 
-        self.diffloss = SimpleMLPAdaLN(self.token_dim, self.diffloss_width, self.diffloss_depth,
-                                       self.dtype, name="diffloss")
+        self.diffloss = DiffLoss(self.token_dim, self.diffloss_width, self.diffloss_depth, self.dtype,
+                                 name="diffloss")
 
     def _blocks(self, heads: int, depth: int, group: str) -> Block | list[Block]:
         return make_blocks(lambda name: Block(heads, self.mlp_ratio, self.attn_dropout, self.proj_dropout,
@@ -194,9 +174,15 @@ class MAR(nn.Module):
         return self.decode(x, mask, deterministic, batch_sharding)
 
     def denoise(self, x: jax.Array, t: jax.Array, z: jax.Array) -> jax.Array:
-        """The DiffLoss MLP: x (N, token_dim), original timesteps t (N,) or (1,) shared, z (N / k, D_dec)
+        """The DiffLoss denoiser: x (N, token_dim), original timesteps t (N,) or (1,) shared, z (N / k, D_dec)
         with each row conditioning k consecutive rows of x -> (N, 2*token_dim) fp32."""
         return self.diffloss(x, t, z).astype(jnp.float32)
+
+    def sample_tokens(self, z: jax.Array, noise_fn, temperature: jax.Array, cfg_scale: jax.Array | None,
+                      num_diffusion_steps: int, clip_denoised: bool = False) -> jax.Array:
+        """Tokens (N, token_dim) for conditions z (N, D_dec), or (2N, D_dec) = [cond; uncond] with
+        guidance: the DiffLoss head's reverse process (`DiffLoss.sample`)."""
+        return self.diffloss.sample(z, noise_fn, temperature, cfg_scale, num_diffusion_steps, clip_denoised)
 
     def __call__(self, tokens: jax.Array, labels: jax.Array, mask: jax.Array, drop_label: jax.Array,
                  t: jax.Array, noise: jax.Array, num_keep_max: int, num_masked_max: int | None = None,
@@ -241,9 +227,7 @@ class MAR(nn.Module):
 
         t, noise = row_major(t), row_major(noise)
         target = jnp.repeat(tokens.reshape(b * rows, token_dim).astype(jnp.float32), mul, axis=0)
-        x_t = diffusion.q_sample(TRAIN_DIFFUSION, target, t, noise)
-        out = self.denoise(x_t, t, z.reshape(b * rows, z.shape[-1]))
-        terms = diffusion.training_losses(TRAIN_DIFFUSION, out, target, x_t, t, noise)
+        terms = self.diffloss.loss(target, z.reshape(b * rows, z.shape[-1]), t, noise)
         row_mask = jnp.repeat(mask.reshape(-1), mul).astype(jnp.float32)
         loss = jnp.sum(terms["loss"] * row_mask) / jnp.sum(row_mask)
 
@@ -255,8 +239,6 @@ class MAR(nn.Module):
 
         return loss, {k: copy_major(v) for k, v in terms.items()}
 
-
-TRAIN_DIFFUSION = diffusion.make_diffusion()
 
 
 def mar_preset(name: str, **overrides: Any) -> MAR:

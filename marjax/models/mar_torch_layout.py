@@ -15,9 +15,9 @@ import flax
 import jax
 import numpy as np
 
-from marjax.models.block_stack import stack_block_params, unstack_block_params
+from marjax.blocks.block_stack import stack_block_params, unstack_block_params
 from marjax.models.mar import BLOCK_GROUPS, MAR, init_params
-from marjax.models.torch_layout import params_from_state, state_from_params
+from marjax.torch_layout import params_from_state, state_from_params
 
 
 def torch_key_to_path(key: str) -> tuple[str, ...]:

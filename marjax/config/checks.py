@@ -1,0 +1,57 @@
+"""Checks of the fields every task shares, run before anything loads or compiles.
+
+Each family adds its own (`Task.check_config` in `marjax.tasks`); `marjax.tasks.registry.
+check_config` runs both.
+"""
+import os
+
+import ml_collections
+
+from marjax.config.loading import config_items
+from marjax.data.class_labels import sample_labels
+from marjax.errors import ConfigError
+from marjax.parallel.sharding import validate_mesh
+
+CHOICES = {
+    "tokenizer.kind": ("pixels", "kl", "vq"),
+    "tokenizer.reconstruction": ("l1", "l2"),
+    "data.source": ("tfds", "image_folder", "digits", "cached_latents"),
+    "train.lr_schedule": ("constant", "cosine"),
+    "sample.cfg_schedule": ("linear", "constant"),
+    "eval.feature_network": ("inception", "digits"),
+}
+
+
+def _check_lpips_files(tokenizer: ml_collections.ConfigDict) -> None:
+    """Both LPIPS files or neither (then training warns and goes without); a named file must exist."""
+    given = {key: tokenizer[key] for key in ("lpips_vgg16", "lpips_lin") if tokenizer[key]}
+    if tokenizer.perceptual_weight <= 0 or not given:
+        return
+    if len(given) == 1:
+        other = ({"lpips_vgg16", "lpips_lin"} - set(given)).pop()
+        raise ConfigError(f"the LPIPS loss needs both weight files: tokenizer.{other} is not set")
+    for key, path in given.items():
+        if not os.path.isfile(path):
+            raise ConfigError(f"tokenizer.{key}={path}: no such file")
+
+
+def validate_shared(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for shared values that cannot run together (choices, counts, the mesh)."""
+    values = dict(config_items(config))
+    for key, choices in CHOICES.items():
+        if values[key] not in choices:
+            raise ConfigError(f"{key}={values[key]!r}; choose one of {list(choices)}")
+    _check_lpips_files(config.tokenizer)
+    for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "global_batch_size"):
+        if config.train[key] < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {config.train[key]}")
+    if config.sample.num_images < 1 or config.sample.batch_size < 1:
+        raise ConfigError("sample.num_images and sample.batch_size must be >= 1")
+    if config.eval.num_images < 10 or config.eval.batch_size < 1 or config.eval.num_reference_images < 4:
+        raise ConfigError("eval.num_images must be >= 10 (the Inception Score's 10 splits), eval.batch_size >= 1 "
+                          "and eval.num_reference_images >= 4 (precision/recall's 3 nearest neighbours)")
+    validate_mesh(config.mesh)
+    try:
+        sample_labels(1, config.data.num_classes, config.sample.classes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e

@@ -1,0 +1,29 @@
+"""Generating many images with a task's `generate`, batch by batch, on the host's side."""
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+
+def generate_images(generate: Callable[[Any, jax.Array, jax.Array], jax.Array], params: Any, labels: np.ndarray,
+                    rng: jax.Array, batch_size: int) -> np.ndarray:
+    """One image per label, in batches of `batch_size` (the last one padded, so one compiled
+    program serves all; batch i draws from `fold_in(rng, first index of batch i)`).
+
+    Args:
+      generate: (params, labels (B,) int32, rng) -> (B, H, W, C) uint8, a task's `generate`.
+      labels: (N,) int class labels.
+    Returns:
+      (N, H, W, C) uint8 images on the host.
+    """
+    images = []
+    for start in range(0, len(labels), batch_size):
+        batch = labels[start:start + batch_size]
+        padded = np.pad(batch, (0, batch_size - len(batch)))
+        out = generate(params, jnp.asarray(padded, jnp.int32), jax.random.fold_in(rng, start))
+        images.append(np.asarray(jax.device_get(out))[:len(batch)])
+        logging.info("generated %d / %d images", min(start + batch_size, len(labels)), len(labels))
+    return np.concatenate(images)

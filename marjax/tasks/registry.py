@@ -1,0 +1,65 @@
+"""The task registry: `config.task` -> the family's TaskSpec, and what every program asks of it.
+
+Adding a family is one line in `TASKS` (see docs/architecture.md).
+"""
+import os
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+
+from marjax.checkpoints import RunCheckpoints
+from marjax.config.checks import validate_shared
+from marjax.errors import ConfigError
+from marjax.parallel.sharding import mesh_from_config
+from marjax.tasks import autoencoder, mar
+from marjax.tasks.base import Task, TaskSpec
+
+TASKS: dict[str, TaskSpec] = {
+    "mar": mar.SPEC,
+    "tokenizer": autoencoder.SPEC,
+}
+
+
+def task_spec(config: ml_collections.ConfigDict) -> TaskSpec:
+    """The registered family of `config.task`; ConfigError listing the registered ones otherwise."""
+    if config.task not in TASKS:
+        raise ConfigError(f"task={config.task!r}; choose one of {sorted(TASKS)}")
+    return TASKS[config.task]
+
+
+def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> None:
+    """Every check of `config` that needs no data and no compiling: the shared fields, then the
+    family's own. `weights`: also require the files the family loads (not when only compiling)."""
+    spec = task_spec(config)
+    validate_shared(config)
+    spec.check_config(config, weights)
+
+
+def make_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_records: int | None = None,
+              source: Sequence[dict] | None = None) -> Task:
+    """The Task of `config.task` on `mesh`. num_records (default: one global batch) sets the step
+    plan; `source`, the training records, serves the family's training grids."""
+    if num_records is None:
+        num_records = len(source) if source is not None else config.train.global_batch_size
+    return task_spec(config).build(config, mesh, num_records, source)
+
+
+def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
+                  mesh: jax.sharding.Mesh | None = None) -> tuple[Task, object, int]:
+    """(task, state, step): the state of checkpoint `step` (default: the latest) in `workdir`,
+    checked against `config` and placed on its mesh. FileNotFoundError when there is none;
+    IncompatibleCheckpointError naming what differs."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(f"{workdir}/checkpoints does not exist: no trained or converted run there")
+    task = make_task(config, mesh_from_config(config.mesh) if mesh is None else mesh)
+    checkpoints = RunCheckpoints(workdir, read_only=True)
+    saved = list(checkpoints.manager.all_steps())
+    step = checkpoints.latest_step() if step is None else step
+    if step is None or step not in saved:
+        raise FileNotFoundError(f"no checkpoint {'' if step is None else f'at step {step} '}in "
+                                f"{checkpoints.directory} (saved steps: {saved})")
+    checkpoints.check_compatible(step, task.abstract_state.params, config)
+    state = checkpoints.restore(step, task.abstract_state, None)
+    checkpoints.close()
+    return task, state, step

@@ -1,0 +1,120 @@
+"""The tokenizer a config names (`config.tokenizer`), with its weights.
+
+`tokenizer.kind` picks one:
+- "pixels": the identity (the model patchifies pixels itself: pixel-patch tokens).
+- "kl": a KL autoencoder of the section's architecture (default: MAR's KL-16), continuous.
+- "vq": a VQ autoencoder of the section's architecture, discrete (codes).
+Weights (`tokenizer.checkpoint`): a directory written by `python -m marjax.convert --kind=kl16`,
+or the workdir of a marjax tokenizer run (`task="tokenizer"`), whose latest checkpoint's EMA
+params are read. A KL tokenizer encodes by sampling the posterior and multiplying by
+`tokenizer.scale`, and decodes after dividing by it.
+"""
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+
+from marjax.errors import ConfigError
+from marjax.tokenizers.kl import AutoencoderKL, KLTokenizer
+from marjax.tokenizers.pixels import PixelTokenizer
+from marjax.tokenizers.vq import VQModel, VQTokenizer
+
+Tokenizer = PixelTokenizer | KLTokenizer | VQTokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSpec:
+    """Shape facts of a tokenizer: pixels per token along a side; channels of a continuous token
+    (None for codes); the codebook size of a discrete one (None for latents)."""
+
+    stride: int
+    channels: int | None
+    codebook_size: int | None
+
+    @property
+    def discrete(self) -> bool:
+        return self.codebook_size is not None
+
+
+def autoencoder_from_config(config: ml_collections.ConfigDict) -> AutoencoderKL | VQModel:
+    """The KL or VQ autoencoder of `config.tokenizer` for `data.channels`-channel images."""
+    t = config.tokenizer
+    backbone = dict(ch=t.ch, ch_mult=tuple(t.ch_mult), num_res_blocks=t.num_res_blocks,
+                    attn_resolutions=tuple(t.attn_resolutions), image_channels=config.data.channels,
+                    resolution=t.resolution)
+    if t.kind == "kl":
+        return AutoencoderKL(embed_dim=t.embed_dim, **backbone)
+    if t.kind == "vq":
+        return VQModel(z_channels=t.z_channels, codebook_size=t.codebook_size, code_dim=t.code_dim,
+                       l2_normalize=t.l2_normalize, **backbone)
+    raise ConfigError(f"tokenizer.kind={t.kind!r} has no autoencoder; choose 'kl' or 'vq'")
+
+
+def tokenizer_spec(config: ml_collections.ConfigDict) -> TokenizerSpec:
+    """Stride, channels and codebook size of `config.tokenizer`, from the config alone."""
+    t = config.tokenizer
+    if t.kind == "pixels":
+        return TokenizerSpec(stride=1, channels=config.data.channels, codebook_size=None)
+    stride = 2 ** (len(t.ch_mult) - 1)
+    if t.kind == "kl":
+        return TokenizerSpec(stride=stride, channels=t.embed_dim, codebook_size=None)
+    return TokenizerSpec(stride=stride, channels=None, codebook_size=t.codebook_size)
+
+
+def _is_run_workdir(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "checkpoints"))
+
+
+def check_available(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError when a learned tokenizer's weights are not given or missing."""
+    kind, checkpoint = config.tokenizer.kind, config.tokenizer.checkpoint
+    if kind == "pixels":
+        return
+    how = ("pass --config.tokenizer.checkpoint=<dir>: the output of `python -m marjax.convert --kind=kl16 "
+           "--input=<kl16.ckpt> --output=<dir>`, or the workdir of a marjax tokenizer run (task='tokenizer')")
+    if not checkpoint:
+        raise ConfigError(f"tokenizer.kind={kind!r} needs its weights: {how}")
+    if not os.path.isdir(checkpoint):
+        raise ConfigError(f"tokenizer.checkpoint={checkpoint!r}: no such directory; {how}")
+
+
+def _abstract_params(model: AutoencoderKL | VQModel) -> dict:
+    images = jnp.zeros((1, 2 * model.stride, 2 * model.stride, model.image_channels))
+    args = (images, jax.random.key(0)) if isinstance(model, AutoencoderKL) else (images,)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), *args)["params"])
+
+
+def load_converted_params(model: AutoencoderKL | VQModel, directory: str) -> dict:
+    """Params of `model` from an Orbax checkpoint written by `python -m marjax.convert --kind=kl16`."""
+    return ocp.StandardCheckpointer().restore(os.path.abspath(directory), _abstract_params(model))
+
+
+def load_trained_params(model: AutoencoderKL | VQModel, workdir: str) -> dict:
+    """The EMA params of the latest checkpoint of a marjax tokenizer run in `workdir`."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    steps = sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+    if not steps:
+        raise ConfigError(f"tokenizer.checkpoint={workdir!r} holds no finished checkpoint")
+    target = {"ema_params": _abstract_params(model)}
+    restored = ocp.PyTreeCheckpointer().restore(
+        os.path.join(directory, str(steps[-1]), "state"),
+        args=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                    partial_restore=True))
+    return restored["ema_params"]
+
+
+def make_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
+    """The tokenizer of `config.tokenizer` with its weights, to encode training images and decode samples."""
+    check_available(config)
+    if config.tokenizer.kind == "pixels":
+        return PixelTokenizer(channels=config.data.channels)
+    model = autoencoder_from_config(config)
+    checkpoint = config.tokenizer.checkpoint
+    params = load_trained_params(model, checkpoint) if _is_run_workdir(checkpoint) else \
+        load_converted_params(model, checkpoint)
+    if isinstance(model, AutoencoderKL):
+        return KLTokenizer(model, params, config.tokenizer.scale)
+    return VQTokenizer(model, params)
