@@ -12,7 +12,9 @@ see the same mask counts. Prints one JSON line: each side's median step time and
 the per-step ratios (working tree / against; below 1 is faster).
 """
 import argparse
+import functools
 import importlib
+import importlib.util
 import json
 import pathlib
 import re
@@ -21,12 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from bench_setup import SIZES, TINY_CPU, run_facts
+from marjax.tasks.recipe import learning_rate_schedule
 
 ALIAS = "marjax_against"
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -45,16 +49,30 @@ def export_package(revision: str, folder: pathlib.Path) -> None:
         path.write_text(re.sub(r"^import marjax$", f"import {ALIAS}", text, flags=re.M))
 
 
+def mar_training_api(package: str) -> tuple[Any, Callable, Callable, Callable]:
+    """(MAR module, make_optimizer(schedule), fresh_state(model, tx, rng), make_train_step) of
+    `package`, in the layered layout or in the one before it (a revision older than the layout)."""
+    mar = importlib.import_module(f"{package}.models.mar")
+    if importlib.util.find_spec(f"{package}.tasks.mar_step") is None:
+        old = importlib.import_module(f"{package}.train_step")
+        return mar, old.make_optimizer, old.create_train_state, old.make_train_step
+    mar_step = importlib.import_module(f"{package}.tasks.mar_step")
+    recipe = importlib.import_module(f"{package}.tasks.recipe")
+    train_state = importlib.import_module(f"{package}.tasks.train_state")
+    return (mar, lambda schedule: recipe.make_optimizer(schedule, mar_step.weight_decay_mask),
+            lambda model, tx, rng: train_state.create_train_state(functools.partial(mar.init_params, model), tx, rng),
+            mar_step.make_train_step)
+
+
 def compiled_step(package: str, size: str, batch: dict, step_kwargs: dict[str, Any]) -> tuple[Any, Any, float]:
     """(compiled train step, fresh state, compile seconds) of `package` for the model `size`."""
-    mar = importlib.import_module(f"{package}.models.mar")
-    train_step = importlib.import_module(f"{package}.train_step")
+    mar, make_optimizer, fresh_state, make_train_step = mar_training_api(package)
     model = mar.MAR(**TINY_CPU) if size == "tiny-cpu" else mar.mar_preset(size)
-    schedule = train_step.learning_rate_schedule(1e-4, 100)
-    tx = train_step.make_optimizer(schedule)
-    state = jax.jit(train_step.create_train_state, static_argnums=(0, 1))(model, tx, jax.random.key(0))
+    schedule = learning_rate_schedule(1e-4, 100)
+    tx = make_optimizer(schedule)
+    state = jax.jit(functools.partial(fresh_state, model, tx))(jax.random.key(0))
     start = time.perf_counter()
-    step = jax.jit(train_step.make_train_step(model, tx, schedule, **step_kwargs), donate_argnums=0)
+    step = jax.jit(make_train_step(model, tx, schedule, **step_kwargs), donate_argnums=0)
     compiled = step.lower(state, batch, jax.random.key(2)).compile()
     return compiled, state, time.perf_counter() - start
 

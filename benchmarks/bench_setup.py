@@ -1,6 +1,7 @@
 """Model sizes, device peaks, run facts and the reference child process shared by the benchmark scripts."""
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -12,8 +13,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from marjax.models.mar import MAR, mar_preset
-from marjax.train_step import create_train_state, learning_rate_schedule, make_optimizer, make_train_step
+from marjax.models.mar import MAR, init_params, mar_preset
+from marjax.tasks.mar_step import make_train_step, weight_decay_mask
+from marjax.tasks.recipe import learning_rate_schedule, make_optimizer
+from marjax.tasks.train_state import create_train_state
 
 # "tiny-cpu": the comparison config of the core MAR issue (8x8 tokens of 16 channels, width 256,
 # 4+4 blocks, 4 heads, buffer 16, DiffLoss 3x256, 10 classes). The others are the published sizes
@@ -88,8 +91,8 @@ def train_setup(model: MAR, batch_size: int, diffusion_batch_mul: int,
                 mask_buckets: int = 1) -> tuple[Any, Callable, dict, jax.Array]:
     """(state, jitted train step donating its state, a random batch of `batch_size`, rng) for `model`."""
     schedule = learning_rate_schedule(1e-4, 100)
-    tx = make_optimizer(schedule)
-    state = jax.jit(create_train_state, static_argnums=(0, 1))(model, tx, jax.random.key(0))
+    tx = make_optimizer(schedule, weight_decay_mask)
+    state = jax.jit(functools.partial(create_train_state, functools.partial(init_params, model), tx))(jax.random.key(0))
     step = jax.jit(make_train_step(model, tx, schedule, diffusion_batch_mul=diffusion_batch_mul,
                                    mask_buckets=mask_buckets), donate_argnums=0)
     side = model.latent_size

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from bench_setup import run_facts, time_calls
-from marjax.models import inception
+from marjax.feature_networks import inception
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
   python benchmarks/sample_throughput.py --size=mar_large --batch=256 --num-iter=64 --cfg=3.0 --bf16 \
       --reference-code=/path/to/mar
 
-MFU counts the reference's useful work (`marjax.flops.sample_flops_per_image`: each step's known
+MFU counts the reference's useful work (`marjax.models.mar_flops.sample_flops_per_image`: each step's known
 tokens in the encoder, the predicted tokens in the DiffLoss MLP, doubled with CFG), not the
 padding of marjax's static slabs. With `--reference-code`, the reference PyTorch MAR samples the
 same batch first, on the same device, in a child process.
@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from bench_setup import SIZES, build_model, peak_tflops, run_facts, run_reference, time_calls, utilisation
-from marjax.flops import sample_flops_per_image
+from marjax.models.mar_flops import sample_flops_per_image
 from marjax.models.mar import init_params
-from marjax.sampler import generate
+from marjax.sampling.masked import generate
 
 
 def main() -> None:

@@ -38,22 +38,27 @@ def step_time_child(batch: int, repeats: int) -> None:
     import numpy as np
 
     from benchmarks.bench_setup import TINY_CPU, run_facts, time_calls
-    from marjax.builders import jit_train_step, make_optimizer, state_layout
-    from marjax.config_base import base_config
-    from marjax.models.mar import MAR
-    from marjax.sharding import batch_sharding, make_mesh
-    from marjax.train_step import create_train_state, make_train_step
+    import functools
+
     import optax
+
+    from marjax.config.defaults import base_config
+    from marjax.models.mar import MAR, init_boxed_params, init_params
+    from marjax.parallel.sharding import batch_sharding, make_mesh
+    from marjax.tasks.mar_step import make_train_step, weight_decay_mask
+    from marjax.tasks.recipe import make_optimizer
+    from marjax.tasks.train_state import create_train_state, jit_train_step, state_layout
 
     mesh_config = base_config().mesh
     mesh_config.fsdp_min_size = 2 ** 14
     mesh = make_mesh(1, jax.device_count(), 1)
     model = MAR(**TINY_CPU)
-    tx = make_optimizer(optax.constant_schedule(1e-4))
-    _, shardings = state_layout(model, tx, mesh, mesh_config)
-    state = jax.jit(lambda key: create_train_state(model, tx, key), out_shardings=shardings)(jax.random.key(0))
-    step = jit_train_step(make_train_step(model, tx, optax.constant_schedule(1e-4), batch_sharding=batch_sharding(mesh)),
-                          shardings, mesh)
+    tx = make_optimizer(optax.constant_schedule(1e-4), weight_decay_mask)
+    init = functools.partial(init_params, model)
+    _, shardings = state_layout(init, functools.partial(init_boxed_params, model), tx, mesh, mesh_config)
+    state = jax.jit(functools.partial(create_train_state, init, tx), out_shardings=shardings)(jax.random.key(0))
+    mar_step = make_train_step(model, tx, optax.constant_schedule(1e-4), batch_sharding=batch_sharding(mesh))
+    step = jit_train_step(lambda state, batch, rng, frozen: mar_step(state, batch, rng), shardings, mesh)
     rng = np.random.default_rng(0)
     side = model.latent_size
     inputs = jax.device_put({"latents": rng.standard_normal((batch, side, side, model.latent_channels), np.float32),

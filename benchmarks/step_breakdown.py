@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from bench_setup import add_train_arguments, build_model, run_facts, time_calls, train_setup
-from marjax import flops
-from marjax.masking import max_unmasked
+from marjax.models import mar_flops as flops
+from marjax.models.masking import max_unmasked
 from marjax.models.mar import MAR, init_params
 
 

@@ -6,7 +6,7 @@ device. Prints one JSON line.
   python benchmarks/train_throughput.py --size=mar_base --depth=4 --batch=8 --remat=dots --scan-layers
   python benchmarks/train_throughput.py --size=mar_large --batch=64 --bf16 --reference-code=/path/to/mar
 
-MFU = analytic matmul FLOPs per image (`marjax.flops`, the reference's useful work, 3 x forward)
+MFU = analytic matmul FLOPs per image (`marjax.models.mar_flops`, the reference's useful work, 3 x forward)
 x images/s / the device's peak (`bench_setup.PEAK_TFLOPS`; `--peak-tflops` on other devices).
 `xla_gflop_per_image` is XLA's own count of the compiled step (padding and elementwise work
 included; with `--mask-buckets` > 1, XLA's figure for the switch between the buckets' branches,
@@ -19,8 +19,8 @@ import time
 
 from bench_setup import (add_train_arguments, build_model, peak_tflops, run_facts, run_reference, time_calls,
                          train_setup, utilisation)
-from marjax.flops import train_flops_per_image
-from marjax.models.block_stack import REMAT_POLICIES
+from marjax.models.mar_flops import train_flops_per_image
+from marjax.blocks.block_stack import REMAT_POLICIES
 
 
 def main() -> None:

@@ -8,7 +8,7 @@
 #       --config.mesh.fsdp=4
 #
 # Every process gets JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (read by
-# marjax.distributed) and DEVICES_PER_PROCESS fake CPU devices (added to the caller's XLA_FLAGS);
+# marjax.parallel.distributed) and DEVICES_PER_PROCESS fake CPU devices (added to the caller's XLA_FLAGS);
 # cross-process collectives on CPU go through gloo. Process i logs to $LOG_DIR/process_i.log (default: a temporary directory).
 # When a process fails the others are stopped; exits with the first non-zero status.
 set -euo pipefail

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run one marjax command on every worker of a Cloud TPU VM pod slice; the workdir is on GCS.
-# JAX finds the pod by itself (marjax.distributed calls jax.distributed.initialize()), every
+# JAX finds the pod by itself (marjax.parallel.distributed calls jax.distributed.initialize()), every
 # worker reads its own shard of the data, and Orbax writes the checkpoints from all workers.
 #
 #   TPU_NAME=marjax-v5p-128 ZONE=us-east5-a launch/tpu_pod.sh create    # once: the slice

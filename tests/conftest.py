@@ -1,8 +1,13 @@
 """Shared tiny model settings for the tests (CPU, seconds to compile)."""
+import functools
+
 import jax
 import pytest
 
 from marjax.models.mar import MAR, init_params
+from marjax.tasks.mar_step import weight_decay_mask
+from marjax.tasks.recipe import make_optimizer
+from marjax.tasks.train_state import create_train_state
 
 TINY = dict(latent_size=8, latent_channels=4, patch_size=2, encoder_width=32, encoder_depth=1,
             encoder_heads=2, decoder_width=32, decoder_depth=1, decoder_heads=2, num_classes=10,
@@ -21,3 +26,13 @@ def tiny_params(tiny_model):
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
     return jax.tree.unflatten(treedef, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+def mar_optimizer(schedule, **kwargs):
+    """AdamW with MAR's weight-decay mask (`make_optimizer`'s other arguments in kwargs)."""
+    return make_optimizer(schedule, weight_decay_mask, **kwargs)
+
+
+def mar_state(model: MAR, tx, rng: jax.Array):
+    """A fresh TrainState of `model`."""
+    return create_train_state(functools.partial(init_params, model), tx, rng)

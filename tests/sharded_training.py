@@ -11,7 +11,7 @@ import sys
 import jax
 import numpy as np
 
-from marjax.tasks.recipe import jit_train_step, step_plan
+from marjax.tasks.train_state import jit_train_step
 from marjax.parallel.sharding import batch_sharding, mesh_from_config
 from marjax.tasks.registry import make_task
 from configs import digits
@@ -43,9 +43,9 @@ def _leaf(tree, path):
 
 def run(config, devices) -> dict:
     mesh = mesh_from_config(config.mesh, devices)
-    task = make_task(config, step_plan(config, 1000), mesh, [])
+    task = make_task(config, mesh, num_records=1000)
     state = jax.jit(task.init, out_shardings=task.shardings)(jax.random.key(0))
-    step = jit_train_step(task.step, task.shardings, mesh, takes_frozen=True)
+    step = jit_train_step(task.step, task.shardings, mesh)
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(NUM_STEPS):

@@ -4,21 +4,24 @@ import os
 import ml_collections
 import pytest
 
-from marjax import config_checks
-from marjax.tasks.recipe import model_from_config, step_plan
 from marjax.config.defaults import IMAGENET_TRAIN_IMAGES, base_config
+from marjax.config.loading import check_overrides, config_keys, load_config_file
+from marjax.errors import ConfigError
 from marjax.models.mar import PRESETS, count_params
+from marjax.tasks.mar import model_from_config
+from marjax.tasks.recipe import step_plan
+from marjax.tasks.registry import check_config
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def load(name: str) -> ml_collections.ConfigDict:
-    return config_checks.load_config_file(os.path.join(CONFIGS, name))
+    return load_config_file(os.path.join(CONFIGS, name))
 
 
 @pytest.mark.parametrize("name", ["digits.py", "mar_base.py", "mar_large.py", "mar_huge.py"])
 def test_every_config_has_the_base_keys(name):
-    assert config_checks.config_keys(load(name)) == config_checks.config_keys(base_config())
+    assert config_keys(load(name)) == config_keys(base_config())
 
 
 @pytest.mark.parametrize("name, preset, cfg, params", [
@@ -36,20 +39,20 @@ def test_imagenet_configs_follow_the_published_recipe(name, preset, cfg, params)
     assert (t.label_drop_prob, t.diffusion_batch_mul, t.mask_ratio_min, t.lr_schedule) == (0.1, 4, 0.7, "constant")
     assert (config.model.attn_dropout, config.model.proj_dropout) == (0.1, 0.1)
     assert (config.sample.num_iter, config.sample.cfg, config.sample.cfg_schedule) == (256, cfg, "linear")
-    assert (config.tokenizer.name, config.tokenizer.scale, config.data.image_size) == ("kl16", 0.2325, 256)
+    assert (config.tokenizer.kind, config.tokenizer.scale, config.data.image_size) == ("kl", 0.2325, 256)
+    assert (config.tokenizer.ch, config.tokenizer.ch_mult, config.tokenizer.embed_dim) == (128, (1, 1, 2, 2, 4), 16)
 
 
 def test_digits_config_validates_and_derives_the_token_grid():
     config = load("digits.py")
-    config_checks.validate(config)
+    check_config(config)
     model = model_from_config(config)
     assert (model.seq_len, model.token_dim, model.num_classes) == (16, 4, 10)
 
 
 def test_unknown_override_lists_valid_keys_with_a_suggestion():
-    with pytest.raises(config_checks.ConfigError) as info:
-        config_checks.check_overrides(base_config(), ["--workdir=x", "--config.train.base_lr=1",
-                                                      "--config.model.widht=3"])
+    with pytest.raises(ConfigError) as info:
+        check_overrides(base_config(), ["--workdir=x", "--config.train.base_lr=1", "--config.model.widht=3"])
     message = str(info.value)
     assert "unknown config key 'model.widht'" in message and "did you mean" in message
     assert "train.base_lr" in message.split("valid keys:")[1]
@@ -63,7 +66,9 @@ def test_unknown_override_lists_valid_keys_with_a_suggestion():
     (("data", "source", "webdataset"), "data.source"),
     (("sample", "classes", "3,12"), "class ids in \\[0, 10\\)"),
     (("model", "encoder_heads", 3), "encoder_width=128 is not divisible"),
-    (("tokenizer", "name", "kl16"), "needs its weights: convert the published weights"),
+    (("tokenizer", "kind", "kl"), "needs its weights: pass --config.tokenizer.checkpoint"),
+    (("tokenizer", "kind", "vq"), "MAR's DiffLoss head needs continuous tokens"),
+    (("tokenizer", "kind", "vae"), r"tokenizer.kind='vae'; choose one of \['pixels', 'kl', 'vq'\]"),
     (("train", "log_every_steps", 0), "train.log_every_steps"),
     (("train", "mask_buckets", 6), r"train.mask_buckets must be in \[1, 5\] for 16 tokens"),
 ])
@@ -71,5 +76,21 @@ def test_validate_rejects(override, message):
     config = load("digits.py")
     section, field, value = override
     config[section][field] = value
-    with pytest.raises(config_checks.ConfigError, match=message):
-        config_checks.validate(config)
+    with pytest.raises(ConfigError, match=message):
+        check_config(config)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.tokenizer.name=kl16", "config key 'tokenizer.name' was replaced by tokenizer.kind"),
+    ("--config.vae.kind=vq", "config key 'vae.kind' was replaced by the tokenizer section"),
+])
+def test_old_spellings_name_their_replacement(override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_overrides(base_config(), [override])
+
+
+def test_unknown_task_lists_the_registered_ones():
+    config = load("digits.py")
+    config.task = "var"
+    with pytest.raises(ConfigError, match=r"task='var'; choose one of \['mar', 'tokenizer'\]"):
+        check_config(config)

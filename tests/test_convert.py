@@ -13,10 +13,16 @@ import pytest
 
 from marjax import convert
 from marjax.config.defaults import base_config
+from marjax.config.loading import load_config_file
+from marjax.errors import ConversionError
 from marjax.models import mar_torch_layout
-from marjax.tokenizers import kl_torch_layout
 from marjax.models.mar import PRESETS, init_params, mar_preset
-from marjax.tasks.tokenizer_from_config import KLTokenizer, load_vae_params
+from marjax.parallel.sharding import make_mesh
+from marjax.tasks.mar import model_from_config
+from marjax.tasks.registry import make_task
+from marjax.tasks.tokenizer_from_config import load_converted_params
+from marjax.tokenizers import kl_torch_layout
+from marjax.tokenizers.kl import KLTokenizer
 from tests.vae_reference import TINY_VAE, load_reference, reference_state
 
 torch = pytest.importorskip("torch")
@@ -37,7 +43,7 @@ def tiny_mar_config():
     """The MAR fixture's model (8x8 latents of 4 channels, patch 2, widths 32/48) as a config."""
     c = base_config()
     c.data.update(image_size=8, channels=4, num_classes=10)
-    c.tokenizer.name = "pixels"
+    c.tokenizer.kind = "pixels"
     c.model.update(patch_size=2, encoder_width=32, encoder_depth=2, encoder_heads=4, decoder_width=48,
                    decoder_depth=2, decoder_heads=2, buffer_size=4, diffloss_depth=2, diffloss_width=24)
     return c
@@ -51,11 +57,11 @@ def save_pth(path, content):
 def test_pickled_objects_need_an_explicit_opt_in(tmp_path):
     path = str(tmp_path / "ckpt.pth")
     save_pth(path, {"model": {"w": np.ones(2, np.float32)}, "args": argparse.Namespace(lr=1.0)})
-    with pytest.raises(convert.ConversionError, match="--allow_pickle"):
+    with pytest.raises(ConversionError, match="--allow_pickle"):
         convert.load_torch_file(path)
     content = convert.load_torch_file(path, allow_pickle=True)
     np.testing.assert_array_equal(content["model"]["w"], [1.0, 1.0])
-    with pytest.raises(convert.ConversionError, match="no such file"):
+    with pytest.raises(ConversionError, match="no such file"):
         convert.load_torch_file(str(tmp_path / "missing.pth"))
 
 
@@ -69,9 +75,9 @@ def test_preset_is_inferred_from_shapes(preset):
 
 def test_unknown_sizes_and_non_mar_files_are_named():
     state = mar_reference_state()
-    with pytest.raises(convert.ConversionError, match="no MAR preset has these sizes"):
+    with pytest.raises(ConversionError, match="no MAR preset has these sizes"):
         convert.infer_mar_preset(state)
-    with pytest.raises(convert.ConversionError, match="not a MAR state dict"):
+    with pytest.raises(ConversionError, match="not a MAR state dict"):
         convert.infer_mar_preset({"encoder.conv_in.weight": np.zeros((1,))})
 
 
@@ -79,14 +85,12 @@ def test_weight_copies_are_chosen_explicitly():
     a, b = {"x": np.zeros(1)}, {"x": np.ones(1)}
     assert convert.mar_state_dicts({"model": a, "model_ema": b}, "both") == (a, b)
     assert convert.mar_state_dicts({"model": a, "model_ema": b}, "ema") == (b, b)
-    with pytest.raises(convert.ConversionError, match="use --weights=model"):
+    with pytest.raises(ConversionError, match="use --weights=model"):
         convert.mar_state_dicts({"model": a}, "both")
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_mar_round_trip_through_torch_layout_is_exact(scan_layers):
-    from marjax.tasks.recipe import model_from_config
-
     state = mar_reference_state()
     config = tiny_mar_config()
     config.model.scan_layers = scan_layers
@@ -101,16 +105,13 @@ def test_mar_round_trip_through_torch_layout_is_exact(scan_layers):
 
 
 def _abstract_state(config):
-    from marjax.tasks.recipe import model_from_config, optimizer_from_config, state_layout, step_plan
-    from marjax.parallel.sharding import make_mesh
-
-    tx, _ = optimizer_from_config(config, step_plan(config, 64))
-    return state_layout(model_from_config(config), tx, make_mesh(), config.mesh)[0]
+    return make_task(config, make_mesh()).abstract_state
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_converted_mar_workdir_restores_and_exports_back(tmp_path, scan_layers):
-    from marjax.checkpoints import IncompatibleCheckpointError, RunCheckpoints
+    from marjax.checkpoints import RunCheckpoints
+    from marjax.errors import IncompatibleCheckpointError
 
     state = mar_reference_state()
     ema = {k: v + 1.0 for k, v in state.items()}
@@ -136,18 +137,18 @@ def test_converted_mar_workdir_restores_and_exports_back(tmp_path, scan_layers):
     assert sorted(back["model"]) == sorted(state)
     np.testing.assert_array_equal(back["model_ema"]["diffloss.net.res_blocks.1.adaLN_modulation.1.weight"].numpy(),
                                   ema["diffloss.net.res_blocks.1.adaLN_modulation.1.weight"])
-    with pytest.raises(convert.ConversionError, match="already holds checkpoints"):
+    with pytest.raises(ConversionError, match="already holds checkpoints"):
         convert.write_mar_workdir(state, ema, config, workdir)
 
 
 def test_converted_vae_matches_the_reference_through_the_tokenizer(tmp_path):
     reference = load_reference()
     state = reference_state(reference)
-    path = str(tmp_path / "vae.ckpt")
+    path = str(tmp_path / "tokenizer.ckpt")
     save_pth(path, {"model": state})
     directory = str(tmp_path / "vae")
     convert.convert_kl16(convert.load_torch_file(path), directory, model=TINY_VAE)
-    tokenizer = KLTokenizer(TINY_VAE, load_vae_params(TINY_VAE, directory), scale=0.5)
+    tokenizer = KLTokenizer(TINY_VAE, load_converted_params(TINY_VAE, directory), scale=0.5)
     decoded = tokenizer.decode(jnp.asarray(reference["latents"]) * 0.5)
     np.testing.assert_allclose(decoded, reference["decoded"], rtol=1e-4, atol=1e-4)
     # Encoding samples the reference posterior with the given key, then scales.
@@ -156,7 +157,7 @@ def test_converted_vae_matches_the_reference_through_the_tokenizer(tmp_path):
     expected = mean + np.exp(0.5 * np.clip(logvar, -30, 20)) * np.asarray(jax.random.normal(key, mean.shape))
     np.testing.assert_allclose(tokenizer.encode(jnp.asarray(reference["images"]), key) / 0.5, expected,
                                rtol=1e-4, atol=1e-4)
-    back = kl_vae_torch_layout.torch_state_from_params(load_vae_params(TINY_VAE, directory))
+    back = kl_torch_layout.torch_state_from_params(load_converted_params(TINY_VAE, directory))
     assert sorted(back) == sorted(state)
     for key in state:
         np.testing.assert_array_equal(back[key], state[key])
@@ -166,11 +167,9 @@ def test_converted_workdir_samples_and_fine_tunes_through_the_cli(tmp_path):
     """A reference-layout state dict of a digits-shaped model -> workdir -> --mode=sample and training."""
     import subprocess
 
-    from marjax import config_checks
-    from marjax.tasks.recipe import model_from_config
     from tests.test_main_program import REPO, TINY_OVERRIDES, command, env
 
-    config = config_checks.load_config_file(os.path.join(REPO, "configs", "digits.py"))
+    config = load_config_file(os.path.join(REPO, "configs", "digits.py"))
     for override in TINY_OVERRIDES:
         key, value = override[len("--config."):].split("=")
         section, field = key.split(".")

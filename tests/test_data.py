@@ -7,7 +7,9 @@ from PIL import Image
 
 from marjax.data.image_ops import center_crop, to_model_range, to_uint8
 from marjax.data.pipeline import make_dataset
-from marjax.data.sources import DataError, DigitsSource, ImageFolderSource, TfdsSource
+from marjax.data.digits import DigitsSource
+from marjax.data.sources import ImageFolderSource, TfdsSource
+from marjax.errors import DataError
 
 
 def test_digits_source_maps_0_16_onto_0_255():

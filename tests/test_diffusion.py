@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from marjax import diffusion
+from marjax.heads import diffusion
 
 
 def alpha_bar(t):

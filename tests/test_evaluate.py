@@ -5,8 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from marjax import config_checks, metrics
-from marjax.data.sources import DigitsSource
+from marjax import metrics
+from marjax.config.loading import load_config_file
+from marjax.data.digits import DigitsSource
 from marjax.feature_networks.digits import digits_features, heldout_accuracy, train_digits_classifier
 from marjax.evaluate import ADM_REFERENCE_FILE, load_reference, make_feature_network, padded_batches
 from marjax.parallel.sharding import make_mesh
@@ -48,7 +49,7 @@ def test_padded_batches_repeat_entries_to_one_shape():
 
 
 def digits_config(**eval_fields):
-    config = config_checks.load_config_file(os.path.join(REPO, "configs", "digits.py"))
+    config = load_config_file(os.path.join(REPO, "configs", "digits.py"))
     config.eval.update(eval_fields)
     return config
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from marjax import flops
+from marjax.models import mar_flops as flops
 from marjax.models.masking import sample_num_masked
 from marjax.models.mar import MAR, init_params, mar_preset
 

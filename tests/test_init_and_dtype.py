@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from marjax.models.mar import MAR, init_params
-from marjax.tasks.mar_step import create_train_state, learning_rate_schedule, make_optimizer, make_train_step
-from tests.conftest import TINY
+from marjax.tasks.mar_step import make_train_step
+from marjax.tasks.recipe import learning_rate_schedule
+from tests.conftest import TINY, mar_optimizer, mar_state
 
 WIDE = dict(TINY, encoder_width=128, decoder_width=128, diffloss_width=128, num_classes=50)
 
@@ -34,8 +35,8 @@ def test_reference_initialisation():
 def test_bf16_compute_keeps_fp32_params_and_state():
     model = MAR(**TINY, dtype=jnp.bfloat16)
     schedule = learning_rate_schedule(1e-3, 1)
-    tx = make_optimizer(schedule)
-    state = create_train_state(model, tx, jax.random.key(0))
+    tx = mar_optimizer(schedule)
+    state = mar_state(model, tx, jax.random.key(0))
     batch = {"latents": jax.random.normal(jax.random.key(1), (4, 8, 8, 4)), "labels": jnp.arange(4)}
     state, metrics = jax.jit(make_train_step(model, tx, schedule))(state, batch, jax.random.key(2))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((state.params, state.ema_params)))

@@ -9,10 +9,11 @@ from PIL import Image
 
 from marjax.data.image_ops import to_model_range
 from marjax.data.pipeline import make_dataset
-from marjax.data.sources import DataError, ImageFolderSource
+from marjax.data.sources import ImageFolderSource
+from marjax.errors import DataError
 from marjax.data.latent_cache import CachedLatentSource, write_latent_cache
 from marjax.tokenizers.kl import AutoencoderKL
-from marjax.tasks.tokenizer_from_config import KLTokenizer
+from marjax.tokenizers.kl import KLTokenizer
 from tests.vae_reference import TINY_VAE, load_reference, reference_params
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,11 @@ def folder(tmp_path_factory):
     return ImageFolderSource(str(root), 16)
 
 
+def moments_fn(params):
+    """The KL tokenizer's posterior moments of a batch, as `python -m marjax.cache_tokens` writes them."""
+    return KLTokenizer(TINY_VAE, params, scale=1.0).moments
+
+
 def moments_of(params, image):
     x = jnp.asarray(to_model_range(image))[None]
     return np.asarray(TINY_VAE.apply({"params": params}, x, method=AutoencoderKL.moments))[0]
@@ -38,7 +44,7 @@ def moments_of(params, image):
 def test_two_process_cache_holds_every_record_and_its_flip(tmp_path, folder, vae_params):
     out = str(tmp_path / "cache")
     for process in range(2):
-        write_latent_cache(folder, TINY_VAE, vae_params, out, batch_size=2, process_index=process, process_count=2)
+        write_latent_cache(folder, moments_fn(vae_params), out, batch_size=2, process_index=process, process_count=2)
     cache = CachedLatentSource(out)
     assert len(cache) == 5
     for position, index in enumerate([0, 2, 4, 1, 3]):  # shard 0 then shard 1, each in source order
@@ -51,7 +57,7 @@ def test_two_process_cache_holds_every_record_and_its_flip(tmp_path, folder, vae
 
 def test_cached_posterior_samples_equal_encoding_on_the_fly(tmp_path, folder, vae_params):
     out = str(tmp_path / "cache")
-    write_latent_cache(folder, TINY_VAE, vae_params, out, batch_size=4)
+    write_latent_cache(folder, moments_fn(vae_params), out, batch_size=4)
     tokenizer = KLTokenizer(TINY_VAE, vae_params, scale=0.2325)
     cache = CachedLatentSource(out)
     moments = jnp.stack([cache[i]["moments"] for i in range(5)])
@@ -64,7 +70,7 @@ def test_cached_posterior_samples_equal_encoding_on_the_fly(tmp_path, folder, va
 
 def test_pipeline_picks_the_record_or_its_flip(tmp_path, folder, vae_params):
     out = str(tmp_path / "cache")
-    write_latent_cache(folder, TINY_VAE, vae_params, out, batch_size=5)
+    write_latent_cache(folder, moments_fn(vae_params), out, batch_size=5)
     cache = CachedLatentSource(out)
     plain = [cache[i]["moments"] for i in range(5)]
     flipped = [cache[i]["moments_flip"] for i in range(5)]
@@ -84,7 +90,7 @@ def test_pipeline_picks_the_record_or_its_flip(tmp_path, folder, vae_params):
 def test_missing_or_incomplete_cache_is_named(tmp_path, folder, vae_params):
     with pytest.raises(DataError, match="holds no latent cache shards"):
         CachedLatentSource(str(tmp_path))
-    write_latent_cache(folder, TINY_VAE, vae_params, str(tmp_path / "part"), batch_size=4, process_index=0,
+    write_latent_cache(folder, moments_fn(vae_params), str(tmp_path / "part"), batch_size=4, process_index=0,
                        process_count=2)
     with pytest.raises(DataError, match="incomplete latent cache"):
         CachedLatentSource(str(tmp_path / "part"))

@@ -15,7 +15,10 @@ from marjax.tokenizers.kl import AutoencoderKL
 from marjax.tokenizers.lpips import VGG16_BLOCKS, LPIPS, load_lpips, lpips_from_torch, unit_normalize, vgg_blocks
 from marjax.tokenizers.discriminator import PatchDiscriminator
 from marjax.tasks.autoencoder_step import TokenizerLoss, create_tokenizer_state, make_tokenizer_train_step
-from marjax.torch_files import ConversionError
+from marjax.config.loading import load_config_file
+from marjax.errors import ConfigError, ConversionError
+from marjax.tasks import autoencoder
+from marjax.tasks.registry import check_config
 
 # torchvision's vgg16().features: (in, out) of the conv at each index; "M" max pools.
 TORCHVISION_VGG16 = [(3, 64), "R", (64, 64), "R", "M", (64, 128), "R", (128, 128), "R", "M", (128, 256), "R",
@@ -143,19 +146,17 @@ def test_the_perceptual_term_enters_the_kl_nll():
 
 
 def test_config_names_missing_lpips_files_and_warns_without_them(tmp_path, caplog):
-    from marjax import config_checks, tasks
-
-    config = config_checks.load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "kl16.py"))
+    config = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "kl16.py"))
     present = tmp_path / "vgg.pth"
     present.write_bytes(b"")
-    config.vae.perceptual_weight, config.vae.lpips_lin = 1.0, str(present)
-    with pytest.raises(config_checks.ConfigError, match="vae.lpips_vgg16 is not set"):
-        config_checks.validate(config)
-    config.vae.lpips_vgg16 = str(tmp_path / "vgg16-397923af.pth")
-    with pytest.raises(config_checks.ConfigError, match="vgg16-397923af.pth: no such file"):
-        config_checks.validate(config)
-    config.vae.lpips_vgg16 = config.vae.lpips_lin = ""
-    config_checks.validate(config)
+    config.tokenizer.perceptual_weight, config.tokenizer.lpips_lin = 1.0, str(present)
+    with pytest.raises(ConfigError, match="tokenizer.lpips_vgg16 is not set"):
+        check_config(config)
+    config.tokenizer.lpips_vgg16 = str(tmp_path / "vgg16-397923af.pth")
+    with pytest.raises(ConfigError, match="vgg16-397923af.pth: no such file"):
+        check_config(config)
+    config.tokenizer.lpips_vgg16 = config.tokenizer.lpips_lin = ""
+    check_config(config)
     with caplog.at_level("WARNING"):
-        assert tasks._lpips(config.vae)[1] is None
+        assert autoencoder._lpips(config.tokenizer)[1] is None
     assert "training WITHOUT the perceptual loss" in caplog.text

@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from marjax import diffusion
+from marjax.heads import diffusion
 from marjax.models.masking import sampling_schedule
-from marjax.models.mar import MAR, patchify
+from marjax.models.common import patchify
+from marjax.models.mar import MAR
 from marjax.models.mar_torch_layout import params_from_torch_state, torch_key_to_path
 from marjax.sampling.masked import generate
 

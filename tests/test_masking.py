@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from marjax import masking
+from marjax.models import masking
 
 
 def cosine_len(seq_len, k, num_iter):

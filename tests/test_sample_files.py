@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marjax.sample import grid_columns, image_grid, sample_labels, write_samples
+from marjax.data.class_labels import sample_labels
+from marjax.image_files import grid_columns, image_grid, write_samples
 
 
 def test_sample_labels_balanced_sorted_and_checked():

@@ -1,12 +1,13 @@
-"""The sampler: one compiled program, deterministic, DiffLoss only on each step's tokens."""
+"""The masked sampler: one compiled program, deterministic, DiffLoss only on each step's tokens, known
+tokens kept."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from marjax import sampler
+from marjax.sampling import masked as sampler
 from marjax.models.masking import sampling_schedule
-from marjax.models.mar import MAR
+from marjax.heads.diffloss import DiffLoss
 
 SETTINGS = dict(num_iter=4, num_diffusion_steps=5)
 
@@ -27,11 +28,11 @@ def test_guidance_at_scale_one_equals_the_unguided_path(tiny_model, tiny_params)
     labels = jnp.array([4, 5])
     plain = sampler.generate(tiny_model, tiny_params, labels, jax.random.key(2), cfg=1.0, **SETTINGS)
     guided_fn = sampler._compiled_sampler(tiny_model, 4, 5, "linear", True, 2, False)
-    guided = guided_fn(tiny_params, labels, jax.random.key(2), jnp.float32(1.0), jnp.float32(1.0), None, None)
+    guided = guided_fn(tiny_params, labels, jax.random.key(2), jnp.float32(1.0), jnp.float32(1.0), None, None, None)
     # An untrained denoiser makes the chain explode (values ~1e4), amplifying float32 noise from
     # the different batch shapes; any wrong combination is off by far more than 1e-3.
     np.testing.assert_allclose(guided, plain, rtol=1e-3, atol=1e-3)
-    stronger = guided_fn(tiny_params, labels, jax.random.key(2), jnp.float32(3.0), jnp.float32(1.0), None, None)
+    stronger = guided_fn(tiny_params, labels, jax.random.key(2), jnp.float32(3.0), jnp.float32(1.0), None, None, None)
     assert not np.allclose(stronger, plain, rtol=1e-2)
 
 
@@ -46,13 +47,13 @@ def test_unconditional_sampling(tiny_model, tiny_params):
 
 def test_diffloss_runs_on_the_predicted_slab_only_and_compiles_once(tiny_model, tiny_params, monkeypatch):
     rows = []
-    original = MAR.denoise
+    original = DiffLoss.sample
 
-    def recording(self, x, t, z):
-        rows.append(x.shape[0])
-        return original(self, x, t, z)
+    def recording(self, z, *args):
+        rows.append(z.shape[0])
+        return original(self, z, *args)
 
-    monkeypatch.setattr(MAR, "denoise", recording)
+    monkeypatch.setattr(DiffLoss, "sample", recording)
     sampler._compiled_sampler.cache_clear()
     labels = jnp.array([0, 1, 2])
     for cfg, temperature in [(2.0, 1.0), (3.5, 0.9), (1.7, 1.1)]:
@@ -76,5 +77,24 @@ def test_segments_fit_their_steps_and_change_nothing(tiny_model, tiny_params):
     slab = sampling_schedule(tiny_model.seq_len, 4).max_predicted
     noise = jax.random.normal(jax.random.key(9), (4, 6, 2, slab, tiny_model.token_dim))
     outs = [sampler._compiled_sampler(tiny_model, 4, 5, "linear", True, 2, False, n)(
-        tiny_params, labels, jax.random.key(0), jnp.float32(2.0), jnp.float32(1.0), None, noise) for n in (1, 4)]
+        tiny_params, labels, jax.random.key(0), jnp.float32(2.0), jnp.float32(1.0), None, noise, None) for n in (1, 4)]
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_known_tokens_come_back_unchanged(tiny_model, tiny_params, cfg):
+    """In-painting: the left half of the token grid is given; it is returned exactly, the rest generated."""
+    labels = jnp.array([1, 7])
+    known = jax.random.normal(jax.random.key(4), (2, 8, 8, 4))
+    grid = tiny_model.grid
+    known_mask = jnp.broadcast_to((jnp.arange(grid[1]) < grid[1] // 2)[None, :], grid).reshape(1, -1)
+    known_mask = jnp.concatenate([known_mask, jnp.zeros_like(known_mask)])  # the second sample knows nothing
+    out = sampler.generate(tiny_model, tiny_params, labels, jax.random.key(0), cfg=cfg, known_latents=known,
+                           known_mask=known_mask, **SETTINGS)
+    np.testing.assert_array_equal(out[0, :, :4], known[0, :, :4])
+    assert not np.allclose(out[0, :, 4:], known[0, :, 4:]) and np.isfinite(out).all()
+    assert not np.allclose(out[1], known[1])
+    free = sampler.generate(tiny_model, tiny_params, labels, jax.random.key(0), cfg=cfg, **SETTINGS)
+    assert not np.allclose(out[0, :, 4:], free[0, :, 4:])  # the generated half sees the known half
+    with pytest.raises(ValueError, match="come together"):
+        sampler.generate(tiny_model, tiny_params, labels, jax.random.key(0), known_mask=known_mask, **SETTINGS)

@@ -13,12 +13,13 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
 from marjax.config.defaults import base_config
-from marjax.config.checks import ConfigError
+from marjax.errors import ConfigError
 from marjax.tokenizers.kl import AutoencoderKL
 from marjax.models.mar import MAR, init_boxed_params
 from marjax.tokenizers.discriminator import PatchDiscriminator
 from marjax.tokenizers.vq import VQModel
 from marjax.parallel.sharding import MESH_AXES, logical_axes, make_mesh, mesh_from_config, mesh_spec
+from marjax.tasks.registry import make_task
 from marjax.tasks.autoencoder_step import init_boxed_tokenizer_variables
 from tests.test_main_program import REPO, fake_devices
 
@@ -157,13 +158,10 @@ def test_tokenizer_state_shardings_follow_the_params(kind):
     """The tokenizer task's layout on a 1 x 2 x 1 mesh: EMA and Adam moments as their params, the
     discriminator's big kernels split over "fsdp", its BatchNorm statistics replicated."""
     from configs import digits_vae
-    from marjax.tasks.recipe import step_plan
-    from marjax.tasks.registry import make_task
-
     config = digits_vae.get_config(kind if kind == "vq" else None)
     config.mesh.fsdp_min_size = 4096
     source = [{"image": np.zeros((16, 16, 1), np.uint8), "label": 0}]
-    task = make_task(config, step_plan(config, 64), AbstractMesh((1, 2, 1), MESH_AXES), source)
+    task = make_task(config, AbstractMesh((1, 2, 1), MESH_AXES), 64, source)
     s = task.shardings
     assert jax.tree.structure(s) == jax.tree.structure(task.abstract_state)
     assert s.ema_params == s.params["model"]

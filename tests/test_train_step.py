@@ -5,12 +5,13 @@ import numpy as np
 import optax
 import pytest
 
-from marjax.models.masking import bucket_index, mask_count_buckets, mask_from_orders, sample_orders
 from marjax.blocks.block_stack import stack_block_params
-from marjax.models.mar import BLOCK_GROUPS, MAR, init_params, patchify
-from marjax.tasks.mar_step import (create_train_state, learning_rate_schedule, make_optimizer, make_train_step,
-                               weight_decay_mask)
-from tests.conftest import TINY
+from marjax.models.common import patchify
+from marjax.models.mar import BLOCK_GROUPS, MAR, init_params
+from marjax.models.masking import bucket_index, mask_count_buckets, mask_from_orders, sample_orders
+from marjax.tasks.mar_step import make_train_step, weight_decay_mask
+from marjax.tasks.recipe import learning_rate_schedule
+from tests.conftest import TINY, mar_optimizer, mar_state
 
 
 def toy_batch(n=16):
@@ -24,7 +25,7 @@ def toy_batch(n=16):
 @pytest.mark.parametrize("mask_buckets", [1, 3])
 def test_one_compilation_for_twenty_steps_with_varying_mask_counts(tiny_model, mask_buckets):
     schedule = learning_rate_schedule(1e-3, 5)
-    tx = make_optimizer(schedule)
+    tx = mar_optimizer(schedule)
     step_fn = make_train_step(tiny_model, tx, schedule, mask_buckets=mask_buckets)
     traces = []
 
@@ -33,7 +34,7 @@ def test_one_compilation_for_twenty_steps_with_varying_mask_counts(tiny_model, m
         return step_fn(state, batch, rng)
 
     jitted = jax.jit(counted, donate_argnums=0)
-    state = create_train_state(tiny_model, tx, jax.random.key(0))
+    state = mar_state(tiny_model, tx, jax.random.key(0))
     ratios = []
     for i in range(20):
         state, metrics = jitted(state, toy_batch(), jax.random.key(1))
@@ -50,12 +51,12 @@ def test_mask_buckets_change_the_shapes_not_the_step():
     Without dropout: hashed dropout masks depend on the array shape."""
     model = MAR(**{**TINY, "attn_dropout": 0.0, "proj_dropout": 0.0})
     schedule = learning_rate_schedule(1e-3, 2)
-    tx = make_optimizer(schedule)
+    tx = mar_optimizer(schedule)
     buckets = mask_count_buckets(model.seq_len, 0.7, 3)
     runs = {}
     for count in (1, 3):
         step = jax.jit(make_train_step(model, tx, schedule, mask_buckets=count, ema_rate=0.5))
-        state = create_train_state(model, tx, jax.random.key(0))
+        state = mar_state(model, tx, jax.random.key(0))
         losses, hit = [], set()
         for _ in range(12):
             state, metrics = step(state, toy_batch(), jax.random.key(1))
@@ -72,8 +73,8 @@ def test_mask_buckets_change_the_shapes_not_the_step():
 
 def test_loss_falls_on_a_toy_dataset(tiny_model):
     schedule = learning_rate_schedule(2e-3, 10)
-    tx = make_optimizer(schedule)
-    state = create_train_state(tiny_model, tx, jax.random.key(0))
+    tx = mar_optimizer(schedule)
+    state = mar_state(tiny_model, tx, jax.random.key(0))
     step = jax.jit(make_train_step(tiny_model, tx, schedule, ema_rate=0.9), donate_argnums=0)
     batch = toy_batch()
     tokens = patchify(batch["latents"], 2)
@@ -117,7 +118,7 @@ def test_weight_decay_mask_of_stacked_blocks_is_the_unstacked_decision():
 
 def test_adamw_decays_only_masked_params():
     params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,)), "diffloss": {"k": jnp.ones((2, 2))}}
-    tx = make_optimizer(optax.constant_schedule(0.1), weight_decay=0.5, grad_clip=None)
+    tx = mar_optimizer(optax.constant_schedule(0.1), weight_decay=0.5, grad_clip=None)
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     np.testing.assert_allclose(updates["w"], -0.05)  # -lr * wd * p, Adam term zero for zero grads
     np.testing.assert_allclose(updates["b"], 0.0)
@@ -126,8 +127,8 @@ def test_adamw_decays_only_masked_params():
 
 def test_grad_clip_and_ema(tiny_model):
     schedule = learning_rate_schedule(1e-3, 0)
-    tx = make_optimizer(schedule, grad_clip=1e-6)
-    state = create_train_state(tiny_model, tx, jax.random.key(0))
+    tx = mar_optimizer(schedule, grad_clip=1e-6)
+    state = mar_state(tiny_model, tx, jax.random.key(0))
     new, metrics = jax.jit(make_train_step(tiny_model, tx, schedule, ema_rate=0.75))(state, toy_batch(), jax.random.key(1))
     expected = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, state.ema_params, new.params)
     for a, b in zip(jax.tree.leaves(new.ema_params), jax.tree.leaves(expected)):

@@ -109,8 +109,8 @@ def _lpips(tokenizer: ml_collections.ConfigDict) -> tuple[LPIPS, dict | None]:
                         "perceptual loss", tokenizer.perceptual_weight)
         return LPIPS(), None
     lpips, params = load_lpips(tokenizer.lpips_vgg16, tokenizer.lpips_lin)
-    logging.info("perceptual loss: LPIPS (VGG blocks %s) from %s and %s, weight %g", lpips.blocks, tokenizer.lpips_vgg16,
-                 tokenizer.lpips_lin, tokenizer.perceptual_weight)
+    logging.info("perceptual loss: LPIPS (VGG blocks %s) from %s and %s, weight %g", lpips.blocks,
+                 tokenizer.lpips_vgg16, tokenizer.lpips_lin, tokenizer.perceptual_weight)
     return lpips, params
 
 

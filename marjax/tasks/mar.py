@@ -21,10 +21,10 @@ from marjax.blocks.block_stack import REMAT_POLICIES
 from marjax.parallel.sharding import batch_sharding
 from marjax.sampling.masked import generate
 from marjax.tasks.base import Task, TaskSpec
-from marjax.tasks.mar_step import TrainState, make_train_step, weight_decay_mask
+from marjax.tasks.mar_step import make_train_step, weight_decay_mask
 from marjax.tasks.recipe import optimizer_from_config, step_plan
 from marjax.tasks.tokenizer_from_config import check_available, make_tokenizer, tokenizer_spec
-from marjax.tasks.train_state import create_train_state, state_layout
+from marjax.tasks.train_state import TrainState, create_train_state, state_layout
 from marjax.tasks.generation import generate_images
 
 
@@ -67,6 +67,8 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
     if spec.discrete:
         raise ConfigError("MAR's DiffLoss head needs continuous tokens: tokenizer.kind must be 'pixels' or 'kl', "
                           f"got {config.tokenizer.kind!r}")
+    if weights:
+        check_available(config)
     if config.data.source == "cached_latents" and config.tokenizer.kind != "kl":
         raise ConfigError("data.source='cached_latents' holds KL posteriors: set tokenizer.kind='kl' and "
                           "tokenizer.checkpoint to the tokenizer that wrote them")
@@ -79,8 +81,6 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
         mask_count_buckets(side * side, config.train.mask_ratio_min, config.train.mask_buckets)
     except ValueError as e:
         raise ConfigError(f"train.{e}") from e
-    if weights:
-        check_available(config)
 
 
 def generate_latents(model: MAR, params: dict, labels: jax.Array, rng: jax.Array,

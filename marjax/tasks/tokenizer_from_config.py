@@ -12,6 +12,7 @@ params are read. A KL tokenizer encodes by sampling the posterior and multiplyin
 import dataclasses
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -84,7 +85,7 @@ def check_available(config: ml_collections.ConfigDict) -> None:
 def _abstract_params(model: AutoencoderKL | VQModel) -> dict:
     images = jnp.zeros((1, 2 * model.stride, 2 * model.stride, model.image_channels))
     args = (images, jax.random.key(0)) if isinstance(model, AutoencoderKL) else (images,)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), *args)["params"])
+    return jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), *args)["params"]))
 
 
 def load_converted_params(model: AutoencoderKL | VQModel, directory: str) -> dict:

@@ -1,0 +1,100 @@
+"""The Task contract, once for every registered family (`marjax.tasks.registry.TASKS`): its tiny
+config checks, initialises on the mesh, steps with one compilation, round-trips a checkpoint,
+and generates (or visualises) the same images twice from one rng."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import digits, digits_vae
+from marjax.checkpoints import RunCheckpoints
+from marjax.data.digits import DigitsSource
+from marjax.data.image_ops import to_model_range
+from marjax.parallel.sharding import make_mesh
+from marjax.tasks.registry import TASKS, check_config, make_task
+from marjax.tasks.train_state import jit_train_step
+
+
+def tiny_mar():
+    c = digits.get_config()
+    c.model.update(encoder_width=32, encoder_depth=1, encoder_heads=2, decoder_width=32, decoder_depth=1,
+                   decoder_heads=2, diffloss_depth=1, diffloss_width=32)
+    c.train.update(global_batch_size=8, num_grid_samples=4)
+    c.sample.update(num_iter=2, num_diffusion_steps=3, batch_size=4)
+    return c
+
+
+def tiny_tokenizer():
+    c = digits_vae.get_config()
+    c.tokenizer.update(num_res_blocks=1, disc_ndf=8, disc_layers=1)
+    c.train.update(global_batch_size=4, num_grid_samples=2)
+    return c
+
+
+# Every registered family names its tiny config here; a new family without one fails below.
+TINY_CONFIGS = {"mar": tiny_mar, "tokenizer": tiny_tokenizer}
+
+
+def test_every_registered_task_has_a_tiny_config():
+    assert sorted(TINY_CONFIGS) == sorted(TASKS)
+
+
+@pytest.fixture(scope="module", params=sorted(TASKS))
+def run(request):
+    """(config, task, source, state after 3 steps, trace count of the step) for one family."""
+    config = TINY_CONFIGS[request.param]()
+    check_config(config)
+    source = DigitsSource(config.data.image_size)
+    mesh = make_mesh(devices=jax.devices()[:1])
+    task = make_task(config, mesh, source=source)
+    traces = []
+
+    def counted_step(state, batch, rng, frozen):
+        traces.append(1)
+        return task.step(state, batch, rng, frozen)
+
+    step = jit_train_step(counted_step, task.shardings, mesh)
+    state = jax.jit(task.init, out_shardings=task.shardings)(jax.random.key(0))
+    assert jax.tree.structure(state) == jax.tree.structure(task.abstract_state)
+    assert [x.shape for x in jax.tree.leaves(state)] == [x.shape for x in jax.tree.leaves(task.abstract_state)]
+    n = config.train.global_batch_size
+    for i in range(3):
+        records = [source[(i * n + j) % len(source)] for j in range(n)]
+        batch = {"images": jnp.asarray(np.stack([to_model_range(r["image"]) for r in records])),
+                 "labels": jnp.asarray([r["label"] for r in records], jnp.int32)}
+        state, metrics = step(state, task.prepare_batch(batch, jax.random.key(i)), jax.random.key(1), task.frozen)
+        assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+    return config, task, state, len(traces)
+
+
+def test_steps_compile_once(run):
+    _, _, state, traces = run
+    assert traces == 1 and int(state.step) == 3
+
+
+def test_checkpoint_round_trip(run, tmp_path):
+    config, task, state, _ = run
+    checkpoints = RunCheckpoints(str(tmp_path))
+    checkpoints.save(3, state, None, config)
+    checkpoints.wait()
+    checkpoints.check_compatible(3, task.abstract_state.params, config)
+    restored = checkpoints.restore(3, task.abstract_state, None)
+    checkpoints.close()
+    for saved, back in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(saved), np.asarray(back))
+
+
+def test_same_rng_same_images(run):
+    config, task, state, _ = run
+    if task.generate is None:  # a family that does not generate shows its training grid instead
+        first, labels = task.visualize(state, jax.random.key(5))
+        second, _ = task.visualize(state, jax.random.key(5))
+    else:
+        params = task.generation_params(state, True)
+        labels = jnp.arange(4, dtype=jnp.int32) % config.data.num_classes
+        first, second = (np.asarray(task.generate(params, labels, jax.random.key(5))) for _ in range(2))
+        other = np.asarray(task.generate(params, labels, jax.random.key(6)))
+        assert not np.array_equal(first, other)
+    assert first.dtype == np.uint8 and first.shape[0] == len(labels)
+    assert first.shape[1:] == (config.data.image_size, config.data.image_size, config.data.channels)
+    np.testing.assert_array_equal(first, second)
