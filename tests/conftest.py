@@ -1,13 +1,26 @@
-"""Shared tiny model settings for the tests (CPU, seconds to compile)."""
+"""Shared tiny model settings for the tests (CPU, seconds to compile), and one persistent
+compilation cache for the whole session."""
+import atexit
 import functools
+import os
+import shutil
+import tempfile
 
-import jax
-import pytest
+# Programs that one test, or one of the programs it starts, compiled are loaded by the others:
+# JAX's persistent compilation cache in a folder that lives as long as the session. Set before
+# JAX loads, and inherited by subprocesses. Compile-count tests still see every lowering (JAX logs
+# "Compiling ..." before it looks in the cache).
+_CACHE = tempfile.mkdtemp(prefix="marjax-tests-jax-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 
-from marjax.models.mar import MAR, init_params
-from marjax.tasks.mar_step import weight_decay_mask
-from marjax.tasks.recipe import make_optimizer
-from marjax.tasks.train_state import create_train_state
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from marjax.models.mar import MAR, init_params  # noqa: E402
+from marjax.tasks.mar_step import weight_decay_mask  # noqa: E402
+from marjax.tasks.recipe import make_optimizer  # noqa: E402
+from marjax.tasks.train_state import create_train_state  # noqa: E402
 
 TINY = dict(latent_size=8, latent_channels=4, patch_size=2, encoder_width=32, encoder_depth=1,
             encoder_heads=2, decoder_width=32, decoder_depth=1, decoder_heads=2, num_classes=10,

@@ -24,6 +24,7 @@ from marjax.tokenizers.discriminator import PatchDiscriminator
 from marjax.tokenizers.kl import AutoencoderKL
 from marjax.tokenizers.lpips import LPIPS, load_lpips
 
+
 def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> None:
     """Raises ConfigError when the tokenizer section does not describe an autoencoder to train."""
     del weights  # a tokenizer run reads no weights but the perceptual network's (checked with the shared fields)

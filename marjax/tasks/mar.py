@@ -104,13 +104,13 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
     init = functools.partial(create_train_state, functools.partial(init_params, model), tx)
     abstract_state, shardings = state_layout(functools.partial(init_params, model),
                                              functools.partial(init_boxed_params, model), tx, mesh, config.mesh)
-    train_step = make_train_step(model, tx, schedule, mask_ratio_min=t.mask_ratio_min,
-                                 label_drop_prob=t.label_drop_prob, diffusion_batch_mul=t.diffusion_batch_mul,
-                                 ema_rate=t.ema_rate, mask_buckets=t.mask_buckets, batch_sharding=batch_sharding(mesh))
+    mar_step = make_train_step(model, tx, schedule, mask_ratio_min=t.mask_ratio_min,
+                               label_drop_prob=t.label_drop_prob, diffusion_batch_mul=t.diffusion_batch_mul,
+                               ema_rate=t.ema_rate, mask_buckets=t.mask_buckets, batch_sharding=batch_sharding(mesh))
 
-    def step(state, batch, rng, frozen):
+    def train_step(state, batch, rng, frozen):
         del frozen  # MAR reads nothing besides its state
-        return train_step(state, batch, rng)
+        return mar_step(state, batch, rng)
 
     def prepare_batch(batch: dict, key: jax.Array) -> dict:
         if "moments" in batch:  # a latent cache: sample the stored posterior, as encoding would
@@ -138,7 +138,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
         return TrainState(step=np.zeros((), np.int32), params=params, ema_params=ema_params,
                           opt_state=tx.init(params))
 
-    return Task(name="mar", abstract_state=abstract_state, shardings=shardings, init=init, step=step,
+    return Task(name="mar", abstract_state=abstract_state, shardings=shardings, init=init, step=train_step,
                 prepare_batch=prepare_batch, abstract_batch=abstract_batch, visualize=visualize,
                 generate=generate_batch, generation_params=lambda state, use_ema: state.ema_params if use_ema
                 else state.params, state_from_params=state_from_params,
