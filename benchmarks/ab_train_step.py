@@ -53,7 +53,7 @@ def mar_training_api(package: str) -> tuple[Any, Callable, Callable, Callable]:
     """(MAR module, make_optimizer(schedule), fresh_state(model, tx, rng), make_train_step) of
     `package`, in the layered layout or in the one before it (a revision older than the layout)."""
     mar = importlib.import_module(f"{package}.models.mar")
-    if importlib.util.find_spec(f"{package}.tasks.mar_step") is None:
+    if importlib.util.find_spec(f"{package}.train_step") is not None:
         old = importlib.import_module(f"{package}.train_step")
         return mar, old.make_optimizer, old.create_train_state, old.make_train_step
     mar_step = importlib.import_module(f"{package}.tasks.mar_step")
