@@ -10,9 +10,11 @@ import tempfile
 # JAX's persistent compilation cache in a folder that lives as long as the session. Set before
 # JAX loads, and inherited by subprocesses. Compile-count tests still see every lowering (JAX logs
 # "Compiling ..." before it looks in the cache).
-_CACHE = tempfile.mkdtemp(prefix="marjax-tests-jax-cache-")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+# pytest-xdist's workers inherit the folder from the process that made it, which removes it.
+if "MARJAX_TESTS_JAX_CACHE" not in os.environ:
+    os.environ["MARJAX_TESTS_JAX_CACHE"] = tempfile.mkdtemp(prefix="marjax-tests-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["MARJAX_TESTS_JAX_CACHE"], ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["MARJAX_TESTS_JAX_CACHE"]
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

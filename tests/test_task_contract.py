@@ -26,7 +26,7 @@ def tiny_mar():
 
 def tiny_tokenizer():
     c = digits_vae.get_config()
-    c.tokenizer.update(num_res_blocks=1, disc_ndf=8, disc_layers=1)
+    c.tokenizer.update(ch_mult=(1,), num_res_blocks=1, disc_ndf=8, disc_layers=1)
     c.train.update(global_batch_size=4, num_grid_samples=2)
     return c
 
