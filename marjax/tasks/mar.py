@@ -11,21 +11,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from marjax.blocks.block_stack import REMAT_POLICIES
 from marjax.config.defaults import base_config
 from marjax.data.class_labels import sample_labels
 from marjax.data.image_ops import to_uint8
 from marjax.errors import ConfigError
 from marjax.models.mar import PRESETS, MAR, init_boxed_params, init_params
 from marjax.models.masking import mask_count_buckets
-from marjax.blocks.block_stack import REMAT_POLICIES
 from marjax.parallel.sharding import batch_sharding
 from marjax.sampling.masked import generate
 from marjax.tasks.base import Task, TaskSpec
+from marjax.tasks.generation import generate_images
 from marjax.tasks.mar_step import make_train_step, weight_decay_mask
 from marjax.tasks.recipe import optimizer_from_config, step_plan
 from marjax.tasks.tokenizer_from_config import check_available, make_tokenizer, tokenizer_spec
 from marjax.tasks.train_state import TrainState, create_train_state, state_layout
-from marjax.tasks.generation import generate_images
 
 
 def imagenet_mar_config(preset: str, cfg: float) -> ml_collections.ConfigDict:
