@@ -4,14 +4,12 @@ Sampling follows LlamaGen's `autoregressive/models/generate.py` and is kept apar
 CFG first (`cfg_logits`), then `sample_logits` = logits / max(temperature, 1e-5), top-k, top-p, categorical.
 Every function works inside `jax.jit`; only `top_k` (a shape) and `greedy` must be static.
 """
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-Dtype = Any
+from marjax.blocks.layers import Dtype, dense
 
 MIN_TEMPERATURE = 1e-5  # LlamaGen divides by max(temperature, 1e-5)
 
@@ -31,13 +29,9 @@ class SoftmaxHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        dense = nn.Dense(self.vocab_size, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
-                         kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "codes")),
-                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("codes",)),
-                         name="output")
-        # One 2-D matmul: XLA's CPU backward pass is slower for 3-D dot_generals (DESIGN.md).
-        logits = dense(x.reshape(-1, x.shape[-1]))
-        return logits.reshape(x.shape[:-1] + (self.vocab_size,)).astype(jnp.float32)
+        logits = dense(self.vocab_size, "output", self.dtype, self.use_bias, self.kernel_init,
+                       axes=("embed", "codes"))(x)
+        return logits.astype(jnp.float32)
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:

@@ -56,13 +56,12 @@ def autoencoder_from_config(config: ml_collections.ConfigDict) -> AutoencoderKL 
 
 def tokenizer_spec(config: ml_collections.ConfigDict) -> TokenizerSpec:
     """Stride, channels and codebook size of `config.tokenizer`, from the config alone."""
-    t = config.tokenizer
-    if t.kind == "pixels":
+    if config.tokenizer.kind == "pixels":
         return TokenizerSpec(stride=1, channels=config.data.channels, codebook_size=None)
-    stride = 2 ** (len(t.ch_mult) - 1)
-    if t.kind == "kl":
-        return TokenizerSpec(stride=stride, channels=t.embed_dim, codebook_size=None)
-    return TokenizerSpec(stride=stride, channels=None, codebook_size=t.codebook_size)
+    model = autoencoder_from_config(config)  # a module description: no params are made
+    if isinstance(model, AutoencoderKL):
+        return TokenizerSpec(stride=model.stride, channels=model.embed_dim, codebook_size=None)
+    return TokenizerSpec(stride=model.stride, channels=None, codebook_size=model.codebook_size)
 
 
 def _is_run_workdir(path: str) -> bool:
