@@ -6,6 +6,7 @@ Tokens are 2x2 pixel patches (16 tokens of 4 values); nothing is downloaded (the
 inside scikit-learn). `get_config("runlocal")` is a few-step smoke run.
 """
 from marjax.config.defaults import base_config
+from marjax.config.loading import config_argument
 
 
 def get_config(arg: str | None = None):
@@ -49,7 +50,7 @@ def get_config(arg: str | None = None):
     c.eval.num_images = 500
     c.eval.batch_size = 100
 
-    if arg == "runlocal":
+    if config_argument(arg, ("runlocal",)) == "runlocal":
         c.train.num_steps = 8
         c.train.log_every_steps = 2
         c.train.checkpoint_every_steps = 4

@@ -9,11 +9,11 @@
 """
 import os
 
-from marjax.config.loading import load_config_file
+from marjax.config.loading import config_argument, load_config_file
 
 
 def get_config(arg: str | None = None):
-    del arg
+    config_argument(arg)
     c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.py"))
     c.tokenizer = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_vae.py")).tokenizer
     c.data.image_size = 16

@@ -6,6 +6,7 @@ Reconstruction grids (original, EMA reconstruction) are written to <workdir>/sam
 `get_config("vq")` trains a VQ tokenizer on the same backbone instead.
 """
 from marjax.config.defaults import base_config
+from marjax.config.loading import config_argument
 
 
 def get_config(arg: str | None = None):
@@ -19,7 +20,7 @@ def get_config(arg: str | None = None):
     c.tokenizer.kind = "kl"
     c.tokenizer.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=16, embed_dim=4,
                  z_channels=32, codebook_size=256, code_dim=4, disc_ndf=32, disc_layers=2, disc_start=1000)
-    if arg == "vq":
+    if config_argument(arg, ("vq",)) == "vq":
         c.tokenizer.kind = "vq"
         c.tokenizer.reconstruction = "l2"
     c.train.global_batch_size = 64

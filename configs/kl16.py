@@ -10,10 +10,11 @@ step 50,001, Adam (0.5, 0.9). LPIPS needs two weight files that marjax does not 
 warns and trains without the perceptual loss, and will not reach the published rFID.
 """
 from marjax.config.defaults import base_config
+from marjax.config.loading import config_argument
 
 
 def get_config(arg: str | None = None):
-    del arg
+    config_argument(arg)
     c = base_config()
     c.task = "tokenizer"
     c.tokenizer.kind = "kl"  # what the run trains; the base section's architecture is KL-16

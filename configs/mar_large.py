@@ -5,9 +5,10 @@
 
 From an image folder instead of TFDS: --config.data.source=image_folder --config.data.path=/imagenet/train
 """
+from marjax.config.loading import config_argument
 from marjax.tasks.mar import imagenet_mar_config
 
 
 def get_config(arg: str | None = None):
-    del arg
+    config_argument(arg)
     return imagenet_mar_config("mar_large", cfg=3.0)

@@ -8,10 +8,11 @@ Codebook + 0.25 commitment loss, L2 reconstruction, PatchGAN hinge 0.5 from step
 (`--config.tokenizer.lpips_vgg16=... --config.tokenizer.lpips_lin=...`; without them: a warning, no LPIPS).
 """
 from marjax.config.defaults import base_config
+from marjax.config.loading import config_argument
 
 
 def get_config(arg: str | None = None):
-    del arg
+    config_argument(arg)
     c = base_config()
     c.task = "tokenizer"
     c.tokenizer.kind = "vq"

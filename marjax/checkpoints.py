@@ -4,28 +4,76 @@ Layout: `<workdir>/checkpoints/<step>/{state, data, config}`. Orbax writes each 
 temporary directory and renames it when complete, so a process killed at any moment leaves
 the previous checkpoints restorable. Restoring takes the target shardings, so a run resumes
 onto any mesh.
+
+What this module guarantees (README "Checkpoints, resumption, preemption"):
+- a state holding NaN or Inf is never saved (`save` raises `TrainingDiverged`);
+- a damaged step (files missing, truncated or unreadable) is named with its file, and
+  `restore_newest` falls back to the newest step that restores, setting the damaged ones aside
+  in `<workdir>/damaged_checkpoints` (never deleting them);
+- a checkpoint of another model, or of another optimizer layout when training, is refused
+  naming the differing params and config fields.
 """
+import collections
+import dataclasses
+import glob
+import json
 import os
-from typing import Any
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
-from marjax.errors import IncompatibleCheckpointError
+from marjax.errors import DamagedCheckpoint, IncompatibleCheckpointError, TrainingDiverged
 
+DAMAGED_FOLDER = "damaged_checkpoints"
+DIVERGED_FOLDER = "diverged_checkpoints"
+# What a damaged file raises inside Orbax, tensorstore, json or grain; anything else is a bug.
+_READ_ERRORS = (OSError, ValueError, KeyError, AttributeError)
+_SHOWN = 8  # differing entries listed in a message before "... and N more"
+T = TypeVar("T")
+
+
+def may_change_on_resume(model_field: str) -> bool:
+    """Model fields that change how a step computes, not what the params mean: the compute dtype,
+    rematerialisation, the attention kernel and regularisation. Any other model field must match."""
+    return model_field in ("dtype", "remat", "attention_impl") or "dropout" in model_field or "drop_path" in model_field
+
+
+@jax.jit
+def _finite_flags(leaves: list[jax.Array]) -> list[jax.Array]:
+    return [jnp.all(jnp.isfinite(x)) for x in leaves]
+
+
+def nonfinite_arrays(tree: Any) -> list[str]:
+    """Paths ("params/z_proj/kernel") of the floating arrays of `tree` holding a NaN or Inf."""
+    leaves = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+              if x is not None and jnp.issubdtype(x.dtype, jnp.inexact)]
+    flags = _finite_flags([x for _, x in leaves]) if leaves else []
+    return [_path(p) for (p, _), ok in zip(leaves, flags) if not bool(ok)]
+
+
+def _listing(items: list[str]) -> str:
+    shown = "\n".join(f"  {item}" for item in items[:_SHOWN])
+    return shown + (f"\n  ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
 
 
 class RunCheckpoints:
     """The checkpoints of one workdir."""
 
     def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, "checkpoints")
+        self.read_only = read_only
         self.manager = ocp.CheckpointManager(
             self.directory,
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
+            item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
                            "config": ocp.JsonCheckpointHandler()},
             options=ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep, create=not read_only,
                                                cleanup_tmp_directories=not read_only,
@@ -34,11 +82,25 @@ class RunCheckpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def describe_latest(self) -> str:
+        """"the last good checkpoint is step N in DIR", or that there is none (after pending saves)."""
+        self.wait()
+        latest = self.latest_step()
+        return (f"there is no good checkpoint in {self.directory}" if latest is None
+                else f"the last good checkpoint is step {latest} in {self.directory}")
+
     def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None,
              config: ml_collections.ConfigDict) -> None:
         """Starts an asynchronous save of step `step` (returns before the files are written).
-        Without a data iterator (converted weights) a resumed run starts its data afresh."""
-        items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config.to_dict())}
+        Without a data iterator (converted weights) a resumed run starts its data afresh.
+        Raises TrainingDiverged, saving nothing, when a floating array of `state` is not finite."""
+        bad = nonfinite_arrays(state)
+        if bad:
+            fields = collections.Counter(path.split("/")[0] for path in bad)
+            counts = ", ".join(f"{name} {count}" for name, count in fields.items())
+            raise TrainingDiverged(f"the state after {step} steps holds NaN or Inf in {len(bad)} arrays ({counts}), "
+                                   f"so it was not saved:\n{_listing(bad)}\ntraining stopped; {self.describe_latest()}")
+        items = {"state": ocp.args.PyTreeSave(state), "config": ocp.args.JsonSave(config.to_dict())}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -48,45 +110,162 @@ class RunCheckpoints:
         self.manager.wait_until_finished()
 
     def saved_config(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        return self._reading(step, lambda: self.manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
 
-    def check_compatible(self, step: int, abstract_params: Any, config: ml_collections.ConfigDict) -> None:
-        """Raises IncompatibleCheckpointError naming every param whose shape differs or that exists
-        on one side only, and the model/data fields that differ from the saved config."""
-        saved = self.manager.item_metadata(step)["state"].tree["params"]
-        saved_shapes = {_path(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(saved)[0]}
-        wanted = {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
-        problems = [f"  {name}: checkpoint {saved_shapes.get(name, 'absent')}, this config {wanted.get(name, 'absent')}"
-                    for name in sorted(set(saved_shapes) | set(wanted))
-                    if saved_shapes.get(name) != wanted.get(name)]
-        if not problems:
-            return
+    def check_compatible(self, step: int, abstract_state: Any, config: ml_collections.ConfigDict,
+                         training: bool = True) -> None:
+        """Raises IncompatibleCheckpointError naming every array whose shape differs or that exists on
+        one side only, every model field that differs from the saved config (and, when `training`, the
+        optimizer state's arrays and the fields the data position depends on), with the other differing
+        config fields that may explain it; DamagedCheckpoint when the step's metadata cannot be read."""
+        metadata = self._reading(step, lambda: self.manager.item_metadata(step)["state"])
+        saved = _shapes(getattr(metadata, "tree", metadata), training)
+        wanted = _shapes(_fields(abstract_state), training)
+        arrays = [f"{name}: checkpoint {saved.get(name, 'absent')}, this config {wanted.get(name, 'absent')}"
+                  for name in sorted(set(saved) | set(wanted)) if saved.get(name) != wanted.get(name)]
         old = self.saved_config(step)
-        fields = [f"  {section}.{key}: checkpoint {old[section].get(key)!r}, this config {value!r}"
-                  for section in ("model", "data", "tokenizer") for key, value in config[section].items()
-                  if old.get(section, {}).get(key) != value]
-        raise IncompatibleCheckpointError(
-            f"the checkpoint at step {step} in {self.directory} was written for a different model; "
-            f"mismatched parameters:\n" + "\n".join(problems)
-            + ("\nconfig fields that differ:\n" + "\n".join(fields) if fields else "")
-            + "\nuse a new --workdir, or the config the checkpoint was trained with")
+        new = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
+        differing = [(section, key, old[section].get(key), value)
+                     for section in ("model", "tokenizer", "data", "train") for key, value in new[section].items()
+                     if section in old and old[section].get(key) != value]
+        def must_match(section: str, key: str) -> bool:
+            # grain's saved position has one entry per worker process: it restores only into as many.
+            return (section == "model" and not may_change_on_resume(key)) or (
+                training and (section, key) == ("data", "worker_count"))
 
-    def restore(self, step: int, abstract_state: Any, data_iterator: grain.DatasetIterator | None) -> Any:
+        model = [f"{s}.{k}: checkpoint {a!r}, this config {b!r}" for s, k, a, b in differing if must_match(s, k)]
+        if not arrays and not model:
+            return
+        others = [f"{s}.{k}: checkpoint {a!r}, this config {b!r}" for s, k, a, b in differing if not must_match(s, k)]
+        # Params name the problem; their EMA copy and optimizer moments repeat it, so those are counted.
+        shown = [a for a in arrays if a.startswith("params/")] or arrays
+        repeated = collections.Counter(a.split("/")[0] for a in arrays if a not in shown)
+        also = ", ".join(f"{count} in {name}" for name, count in repeated.items())
+        raise IncompatibleCheckpointError(
+            f"the checkpoint at step {step} in {self.directory} was written for a different model or optimizer"
+            + (f"; mismatched arrays:\n{_listing(shown)}" if arrays else "")
+            + (f"\n  (and the same in other fields: {also})" if also else "")
+            + (f"\nfields that must match:\n{_listing(model)}" if model else "")
+            + (f"\nother config fields that differ:\n{_listing(others)}" if others else "")
+            + "\nuse a new --workdir, or the config the checkpoint was trained with (README \"Checkpoints, "
+              "resumption, preemption\" lists the fields that may change on resume)")
+
+    def restore(self, step: int, abstract_state: Any, data_iterator: grain.DatasetIterator | None,
+                training: bool = True) -> Any:
         """The state saved at `step`, placed with `abstract_state`'s shardings; the data iterator,
-        when given, is set to its saved position."""
-        args = {"state": ocp.args.StandardRestore(abstract_state)}
+        when given, is set to its saved position. Without `training` the fields named *opt_state
+        are not read and come back None (for sampling: any optimizer layout restores).
+        DamagedCheckpoint names the file when the step cannot be read."""
+        fields = _fields(abstract_state)
+        item = {name: value for name, value in fields.items() if training or not name.endswith("opt_state")}
+        args = {"state": ocp.args.PyTreeRestore(item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                                partial_restore=len(item) < len(fields))}
         if data_iterator is not None:
             if os.path.isdir(os.path.join(self.directory, str(step), "data")):
                 args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
             else:
                 logging.warning("checkpoint %d holds no data position (converted weights?): the data "
                                 "pipeline starts from its beginning", step)
-        return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
+        restored = self._reading(step, lambda: self.manager.restore(step, args=ocp.args.Composite(**args)))["state"]
+        values = {name: restored.get(name) for name in fields}
+        return values if isinstance(abstract_state, dict) else abstract_state.replace(**values)
+
+    def restore_newest(self, abstract_state: Any, config: ml_collections.ConfigDict,
+                       data_iterator: grain.DatasetIterator | None, training: bool = True) -> tuple[Any, int] | None:
+        """(state, step) of the newest checkpoint that restores (checked with `check_compatible`), or
+        None when there is no checkpoint. Damaged steps on the way are named in a warning and, unless
+        read-only, moved to `<workdir>/damaged_checkpoints`; DamagedCheckpoint listing them all when
+        none restores. IncompatibleCheckpointError is raised at once: the config is wrong, not the files."""
+        damaged = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                self.check_compatible(step, abstract_state, config, training)
+                state = self.restore(step, abstract_state, data_iterator, training)
+            except DamagedCheckpoint as e:
+                logging.warning("%s", e)
+                damaged.append((step, str(e)))
+                continue
+            for bad_step, _ in damaged:
+                if not self.read_only:
+                    logging.warning("checkpoint %d moved to %s", bad_step, self.set_aside(bad_step, DAMAGED_FOLDER))
+            if damaged:
+                logging.warning("using checkpoint %d, the newest that restores (damaged: %s)", step,
+                                ", ".join(str(s) for s, _ in damaged))
+            return state, step
+        if damaged:
+            raise DamagedCheckpoint(f"no checkpoint in {self.directory} restores:\n" + "\n".join(m for _, m in damaged)
+                                    + f"\nrepair them, or move {self.directory} away to start afresh")
+        return None
+
+    def set_aside(self, step: int, folder: str) -> str:
+        """Moves step `step` out of the checkpoints, into `<workdir>/<folder>/<step>` (a suffix if that
+        exists), so no restore or save meets it again; returns where it went."""
+        self.wait()
+        target = os.path.join(self.workdir, folder, str(step))
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            suffix = 1
+            while os.path.exists(target):
+                target, suffix = os.path.join(self.workdir, folder, f"{step}.{suffix}"), suffix + 1
+            os.rename(os.path.join(self.directory, str(step)), target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"marjax set aside checkpoint {step}")
+        self.manager.reload()
+        return target
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
 
+    def _find_damage(self, step: int) -> str | None:
+        """'FILE: what is wrong' for the first file of step `step` that is missing or not the JSON it
+        should be, found before Orbax opens it (its own errors rarely name the file)."""
+        folder = os.path.join(self.directory, str(step))
+        required = [os.path.join(folder, "state", name) for name in ("_METADATA", "manifest.ocdbt")]
+        for path in required:
+            if not os.path.isfile(path):
+                return f"{path}: missing"
+        data = os.path.join(folder, "data")
+        if os.path.isdir(data) and not glob.glob(os.path.join(data, "*.json")):
+            return f"{data}: no data-position file"
+        config = os.path.join(folder, "config", "metadata")
+        for path in [required[0], *sorted(glob.glob(os.path.join(data, "*.json"))),
+                     *([config] if os.path.exists(config) else [])]:
+            try:
+                with open(path, "rb") as f:
+                    json.loads(f.read().decode("utf-8"))
+            except (OSError, ValueError) as e:
+                return f"{path}: not readable JSON ({type(e).__name__}: {e})"
+        return None
+
+    def _reading(self, step: int, read: Callable[[], T]) -> T:
+        """read(), with a damaged step reported as DamagedCheckpoint naming the step and the file."""
+        problem = self._find_damage(step)
+        if problem is None:
+            try:
+                return read()
+            except _READ_ERRORS as e:
+                text = str(e).strip()
+                files = re.findall(r'local file "([^"]+)"', text)
+                where = files[-1] if files else os.path.join(self.directory, str(step))
+                first_line = text.splitlines()[0][:300] if text else ""
+                problem = f"{where}: {type(e).__name__}: {first_line}"
+        raise DamagedCheckpoint(f"checkpoint {step} in {self.directory} is damaged: {problem}")
+
+
+def _fields(state: Any) -> dict:
+    """The top-level fields of a state dataclass (or the items of a dict)."""
+    if isinstance(state, dict):
+        return dict(state)
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+
+
+def _shapes(fields: dict, training: bool) -> dict[str, tuple]:
+    """'field/path' -> shape of every array under `fields`, without the *opt_state fields unless `training`."""
+    kept = {name: value for name, value in fields.items() if training or not name.endswith("opt_state")}
+    return {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(kept)[0]}
+
 
 def _path(key_path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in key_path)

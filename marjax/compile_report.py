@@ -22,8 +22,8 @@ import ml_collections
 import numpy as np
 
 from marjax.config.defaults import IMAGENET_TRAIN_IMAGES
-from marjax.errors import ConfigError
 from marjax.parallel.sharding import mesh_from_config, replicated
+from marjax.config.checks import check_batch_split
 from marjax.tasks.registry import check_config, make_task
 from marjax.tasks.train_state import jit_train_step
 
@@ -41,12 +41,10 @@ def compile_report(config: ml_collections.ConfigDict, devices: list | None = Non
     (FLOPs per step)."""
     check_config(config, weights=False)
     mesh = mesh_from_config(config.mesh, devices)
+    check_batch_split(config, mesh)
     task = make_task(config, mesh, IMAGENET_TRAIN_IMAGES)
     abstract_state = task.abstract_state
     batch_size = config.train.global_batch_size
-    if batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
-        raise ConfigError(f"train.global_batch_size={batch_size} does not split over the mesh's "
-                         f"{mesh.shape['data']} x {mesh.shape['fsdp']} batch shards")
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated(mesh))
     frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), task.frozen)
     step = jit_train_step(task.step, task.shardings, mesh)

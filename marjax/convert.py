@@ -72,6 +72,10 @@ def mar_state_dicts(content: dict, weights: str) -> tuple[dict, dict]:
     available = [k for k in ("model", "model_ema") if k in content]
     if not available:
         raise ConversionError(f"expected 'model' and/or 'model_ema' in the file, found keys {sorted(content)}")
+    for key in available:
+        if not isinstance(content[key], dict):
+            raise ConversionError(f"the file's {key!r} is a {type(content[key]).__name__}, not a state dict of "
+                                  f"named tensors")
     if weights == "both":
         if len(available) < 2:
             raise ConversionError(f"--weights=both needs 'model' and 'model_ema'; the file has {available}: "
@@ -111,6 +115,8 @@ def write_mar_workdir(model_state: dict, ema_state: dict, config: ml_collections
 def convert_kl16(content: dict, output: str, model: AutoencoderKL = AutoencoderKL(**KL_PRESETS["kl16"])) -> None:
     """Writes the VAE params (of `model`, by default kl16) as an Orbax checkpoint at `output`."""
     state = content.get("model", content)
+    if not isinstance(state, dict):
+        raise ConversionError(f"the file's 'model' is a {type(state).__name__}, not a state dict of named tensors")
     state = {k: v for k, v in state.items() if not k.startswith("loss.")}  # training-time loss modules
     target = jax.eval_shape(lambda: init_vae_params(model, jax.random.key(0), 32))
     try:

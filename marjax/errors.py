@@ -23,4 +23,16 @@ class IncompatibleCheckpointError(MarjaxError, ValueError):
 
 
 class TrainingDiverged(MarjaxError, FloatingPointError):
-    """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
+    """The loss or the state became NaN or Inf; the message names the step and the last good checkpoint."""
+
+
+class DamagedCheckpoint(MarjaxError, OSError):
+    """A checkpoint's files are missing, truncated or unreadable; the message names the step and the file."""
+
+
+class WorkdirInUse(MarjaxError, RuntimeError):
+    """Another training holds the workdir; the message names the process."""
+
+
+class DegenerateSamples(MarjaxError, ValueError):
+    """Generated images that carry nothing (all one flat colour); the message names the checkpoint."""

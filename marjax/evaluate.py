@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import json
 import os
+import zipfile
 from collections.abc import Callable, Iterator
 
 import jax
@@ -44,7 +45,8 @@ from marjax.feature_networks.inception_torch_layout import load_inception_params
 from marjax.image_files import write_png
 from marjax.parallel.sharding import BATCH_AXES, batch_sharding, mesh_from_config, replicated
 from marjax.tasks.base import Task
-from marjax.tasks.registry import check_config, restore_state
+from marjax.tasks.generation import require_varied
+from marjax.tasks.registry import check_config, restore_generator
 
 ADM_REFERENCE_FILE = "VIRTUAL_imagenet256_labeled.npz"
 
@@ -120,9 +122,13 @@ def load_reference(config: ml_collections.ConfigDict, network: FeatureNetwork, b
         if not os.path.isfile(path):
             raise FileNotFoundError(f"eval.reference={path!r} does not exist: give an ADM-style reference batch "
                                     f"(e.g. {ADM_REFERENCE_FILE}, with mu/sigma and/or arr_0 images)")
-        with np.load(path) as data:
-            stats = (data["mu"], data["sigma"]) if "mu" in data and "sigma" in data else None
-            images = data["arr_0"] if "arr_0" in data and (stats is None or config.eval.precision_recall) else None
+        try:
+            with np.load(path) as data:
+                stats = (data["mu"], data["sigma"]) if "mu" in data and "sigma" in data else None
+                images = data["arr_0"] if "arr_0" in data and (stats is None or config.eval.precision_recall) else None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise ConfigError(f"eval.reference={path!r} is not a readable .npz ({type(e).__name__}: {e}); give an "
+                              f"ADM-style reference batch such as {ADM_REFERENCE_FILE}") from e
         if stats is None and images is None:
             raise ConfigError(f"eval.reference={path!r} holds neither mu/sigma nor arr_0 images")
         num_images, load = (0, None) if images is None else (len(images), images.__getitem__)
@@ -161,14 +167,17 @@ def score(network: FeatureNetwork, reference: Reference, pool: np.ndarray, logit
 
 def generate_and_extract(config: ml_collections.ConfigDict, task: Task, params: dict, labels: np.ndarray,
                          network: FeatureNetwork, mesh: jax.sharding.Mesh, batch_size: int,
-                         png_directory: str | None) -> dict[str, np.ndarray]:
+                         png_directory: str | None, source: str) -> dict[str, np.ndarray]:
     """Generates one image per label on the mesh with the task's `generate`, batch by batch;
     returns the host features {"pool", "logits"}. Images never accumulate: each batch is dropped
-    (or written as PNGs)."""
+    (or written as PNGs). `source` names the params' checkpoint when the first batch comes out
+    all flat colours (DegenerateSamples)."""
     rng = jax.random.key(config.sample.seed)
     chunks, done = [], 0
     for batch, count in padded_batches(labels, batch_size):
         images = task.generate(params, split_host_array(batch, mesh), jax.random.fold_in(rng, done))
+        if done == 0:
+            require_varied(images, source)
         outputs = multihost_utils.process_allgather(network.extract(images), tiled=True)
         chunks.append({k: v[:count] for k, v in outputs.items()})
         if png_directory:
@@ -189,17 +198,15 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batch_size = -(-config.eval.batch_size // shards) * shards  # every batch shard gets a share
     network = make_feature_network(config, mesh)
     reference = load_reference(config, network, batch_size, mesh)
-    task, state, step = restore_state(config, workdir, config.sample.step, mesh)
-    if task.generate is None:
-        raise ConfigError(f"--mode=eval scores generated samples; task={config.task!r} does not generate")
-    params = task.generation_params(state, config.sample.use_ema)
+    task, params, step = restore_generator(config, workdir, mesh)
     labels = sample_labels(config.eval.num_images, config.data.num_classes, config.sample.classes)
     png_directory = os.path.join(workdir, f"eval_step_{step}") if config.eval.save_png else None
     if png_directory and jax.process_index() == 0:
         os.makedirs(png_directory, exist_ok=True)
     logging.info("evaluating step %d (%s params): %d samples in batches of %d on %d devices, %s features",
                  step, "EMA" if config.sample.use_ema else "raw", len(labels), batch_size, mesh.size, network.name)
-    outputs = generate_and_extract(config, task, params, labels, network, mesh, batch_size, png_directory)
+    outputs = generate_and_extract(config, task, params, labels, network, mesh, batch_size, png_directory,
+                                   f"checkpoint {step} in {workdir}/checkpoints")
     figures = score(network, reference, outputs["pool"], outputs["logits"], labels)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in figures.items()})

@@ -3,6 +3,7 @@ training program takes from the user (the perceptual network). No flags here, so
 import it; PyTorch itself is imported only when a file is read (extra `convert`).
 """
 import os
+import pickle
 
 from marjax.errors import ConversionError
 
@@ -15,13 +16,23 @@ def load_torch_file(path: str, allow_pickle: bool = False) -> dict:
         import torch
     except ImportError as e:
         raise ConversionError(f"reading {path} needs PyTorch: pip install -e '.[convert]'") from e
+    if os.path.getsize(path) == 0:
+        raise ConversionError(f"{path} is empty: corrupt or truncated (download or copy it again)")
     try:
         content = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as e:  # torch raises UnpicklingError (or others) for pickled objects
-        if allow_pickle:
-            raise
+    except pickle.UnpicklingError as e:  # what weights_only loading raises for objects besides tensors
+        if allow_pickle or "weights only" not in str(e).lower():
+            raise ConversionError(f"{path} is not a readable PyTorch file ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200]})") from e
         raise ConversionError(f"{path} holds pickled objects besides tensors, which weights_only loading "
-                              f"refuses ({type(e).__name__}). If you trust the file, rerun with --allow_pickle.") from e
+                              f"refuses. If you trust the file, rerun with --allow_pickle.") from e
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:  # a cut or damaged zip / pickle stream
+        raise ConversionError(f"{path} is corrupt or truncated, or not a PyTorch file ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}); download or copy it "
+                              f"again") from e
+    if not isinstance(content, dict):
+        raise ConversionError(f"{path} holds a {type(content).__name__}, not a dict of weights (a state dict, or a "
+                              f"checkpoint dict with a state dict under 'model')")
 
     def to_numpy(value):
         if isinstance(value, dict):

@@ -2,16 +2,21 @@
 
 1. Check the config and open the data (fails before anything compiles).
 2. Build the mesh and the task (`config.task`, a family of `marjax.tasks.registry.TASKS`: its
-   model, optimizer, state layout and step); restore the latest checkpoint of the workdir (state
-   and data position) or initialise, sharded by the mesh.
+   model, optimizer, state layout and step); restore the newest checkpoint of the workdir that
+   restores (state and data position; damaged ones are named and set aside) or initialise,
+   sharded by the mesh.
 3. Steps, with periodic actions: metrics to TensorBoard and the log, progress (steps/s, ETA),
    sample grids, asynchronous checkpoints.
 
 Step numbers count completed updates: checkpoint N holds the state after N steps, and "step N"
 in a message is the update that turns state N into N + 1. A NaN/Inf loss stops the run before
-its state can be saved (the last good checkpoint stays); SIGTERM saves and returns normally.
+its state can be saved, a checkpoint of the state that gave it is set aside, and no state holding
+NaN/Inf is ever saved (the last good checkpoint is named); SIGTERM saves and returns normally.
+One training per workdir (`marjax.workdir.WorkdirLock`).
 """
+import os
 import signal
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -21,7 +26,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from marjax.checkpoints import RunCheckpoints
+from marjax.checkpoints import DIVERGED_FOLDER, RunCheckpoints
+from marjax.config.checks import check_batch_split
 from marjax.config.loading import config_items
 from marjax.data.pipeline import global_batch, make_dataset
 from marjax.data.sources import make_source
@@ -31,18 +37,23 @@ from marjax.parallel.sharding import batch_sharding, mesh_from_config, replicate
 from marjax.tasks.recipe import step_plan
 from marjax.tasks.registry import check_config, make_task
 from marjax.tasks.train_state import jit_train_step
-
+from marjax.workdir import WorkdirLock, ensure_writable_directory
 
 
 class _Preemption:
-    """Remembers a SIGTERM so the loop can save and stop between steps."""
+    """Remembers SIGTERM, or a first Ctrl-C, so the loop can save and stop between steps (never
+    inside a compile or a save); a second Ctrl-C interrupts at once, without saving."""
 
     def __init__(self):
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint after the current step, then stopping")
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        logging.warning("%s received: saving a checkpoint after the current step, then stopping%s",
+                        signal.Signals(signum).name, " (Ctrl-C again: stop without saving)" if signum == signal.SIGINT
+                        else "")
         self.requested = True
 
     def reached(self, step: int) -> bool:
@@ -51,16 +62,31 @@ class _Preemption:
         return self.requested
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     """Trains until `train.num_steps` (or `train.num_epochs`), resuming from `workdir` if it holds
-    checkpoints. Returns the final state (the state saved at preemption, if preempted)."""
+    checkpoints. Returns the final state (the state saved at preemption, if preempted).
+    WorkdirInUse when another training holds `workdir`."""
     check_config(config)
-    source = make_source(config.data)
-    plan = step_plan(config, len(source))
+    ensure_writable_directory(workdir, "--workdir")
+    ensure_writable_directory(os.path.join(workdir, "checkpoints"), "--workdir's checkpoints")
     mesh = mesh_from_config(config.mesh)
+    check_batch_split(config, mesh)
+    preemption = _Preemption()  # from here on, a signal stops the run at the next step boundary
+    try:
+        source = make_source(config.data)
+        with WorkdirLock(workdir):
+            return _train(config, workdir, source, mesh, preemption)
+    finally:
+        preemption.restore()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dict], mesh: jax.sharding.Mesh,
+           preemption: _Preemption) -> Any:
+    plan = step_plan(config, len(source))
     task = make_task(config, mesh, source=source)
     logging.info("%s: %d parameters; %d records, %d steps per epoch, %d steps (%d warmup), peak lr %g; mesh %s",
                  config.task, task.num_params, len(source), plan.steps_per_epoch, plan.total_steps,
@@ -72,12 +98,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
         prefetch_buffer_size=config.data.prefetch_buffer_size))
     checkpoints = RunCheckpoints(workdir, keep=config.train.keep_checkpoints)
     init_key, train_key, sample_key, encode_key = jax.random.split(jax.random.key(config.seed), 4)
-    latest = checkpoints.latest_step()
-    if latest is None:
-        state = jax.jit(task.init, out_shardings=task.shardings)(init_key)
+    restored = checkpoints.restore_newest(task.abstract_state, config, data_iterator)
+    if restored is None:
+        state, latest = jax.jit(task.init, out_shardings=task.shardings)(init_key), None
     else:
-        checkpoints.check_compatible(latest, task.abstract_state.params, config)
-        state = checkpoints.restore(latest, task.abstract_state, data_iterator)
+        state, latest = restored
         logging.info("resumed from the checkpoint at step %d in %s", latest, checkpoints.directory)
 
     batch_shard = batch_sharding(mesh)
@@ -99,10 +124,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
         for s, metrics in pending:
             values = jax.device_get(metrics)
             if not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"])):
-                checkpoints.wait()
+                set_aside = ""
+                if last_saved == s:  # checkpoint s holds the state that gave this loss: not a good one
+                    moved = checkpoints.set_aside(s, DIVERGED_FOLDER)
+                    set_aside = f"checkpoint {s}, the state that gave this loss, moved to {moved}; "
                 raise TrainingDiverged(
                     f"loss {values['loss']} / grad norm {values['grad_norm']} at step {s}: training stopped; "
-                    f"the last good checkpoint is step {last_saved} in {checkpoints.directory}")
+                    f"{set_aside}{checkpoints.describe_latest()}")
             history.append(values)
             if (s + 1) % config.train.log_every_steps == 0 or s + 1 == upto:
                 means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
@@ -110,12 +138,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
                 history.clear()
         pending.clear()
 
-    preemption = _Preemption()
     logging.info("training from step %d to %d (the first step compiles)", step, plan.total_steps)
     try:
         while step < plan.total_steps:
             if preemption.reached(step):
                 check_and_log(step)
+                if step == 0:
+                    logging.warning("preempted before the first step: nothing to save")
+                    return state
                 if last_saved != step:
                     checkpoints.save(step, state, data_iterator, config)
                 checkpoints.wait()
@@ -143,7 +173,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
         logging.info("done: %d steps; checkpoints in %s", step, checkpoints.directory)
         return state
     finally:
-        preemption.restore()
         writer.flush()
         checkpoints.close()
 

@@ -1,9 +1,11 @@
 """The config files, override checking and validation."""
 import os
+import types
 
 import ml_collections
 import pytest
 
+from marjax.config.checks import check_batch_split
 from marjax.config.defaults import IMAGENET_TRAIN_IMAGES, base_config
 from marjax.config.loading import check_overrides, config_keys, load_config_file
 from marjax.errors import ConfigError
@@ -71,6 +73,18 @@ def test_unknown_override_lists_valid_keys_with_a_suggestion():
     (("tokenizer", "kind", "vae"), r"tokenizer.kind='vae'; choose one of \['pixels', 'kl', 'vq'\]"),
     (("train", "log_every_steps", 0), "train.log_every_steps"),
     (("train", "mask_buckets", 6), r"train.mask_buckets must be in \[1, 5\] for 16 tokens"),
+    (("train", "num_steps", 0), "train.num_steps must be >= 1"),
+    (("train", "num_epochs", -1.0), "train.num_epochs must be > 0"),
+    (("train", "diffusion_batch_mul", 0), "train.diffusion_batch_mul must be >= 1"),
+    (("train", "mask_ratio_min", 0.0), r"train.mask_ratio_min=0.0: the smallest masked fraction lies in \(0, 1\]"),
+    (("train", "mask_ratio_min", 1.5), r"train.mask_ratio_min=1.5"),
+    (("data", "image_size", 0), "data.image_size must be >= 1"),
+    (("data", "channels", 4), "data.channels=4: images have 1 .* or 3"),
+    (("model", "patch_size", 0), "model.patch_size must be >= 1"),
+    (("sample", "num_iter", 0), "sample.num_iter must be >= 1"),
+    (("sample", "num_diffusion_steps", -1), "sample.num_diffusion_steps must be >= 1"),
+    (("sample", "classes", "cat"), r"sample.classes='cat' must list class ids in \[0, 10\)"),
+    (("sample", "seed", -1), "sample.seed must be >= 0"),
 ])
 def test_validate_rejects(override, message):
     config = load("digits.py")
@@ -94,3 +108,19 @@ def test_unknown_task_lists_the_registered_ones():
     config.task = "var"
     with pytest.raises(ConfigError, match=r"task='var'; choose one of \['mar', 'tokenizer'\]"):
         check_config(config)
+
+
+def test_a_misspelt_config_argument_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match="digits.py:runlokal: unknown config argument 'runlokal': "
+                                          "this config takes 'runlocal'"):
+        load_config_file(os.path.join(CONFIGS, "digits.py:runlokal"))
+    with pytest.raises(ConfigError, match="this config takes no argument"):
+        load_config_file(os.path.join(CONFIGS, "mar_base.py:runlocal"))
+    assert load_config_file(os.path.join(CONFIGS, "digits.py:runlocal")).train.num_steps == 8
+
+
+def test_the_batch_must_split_over_the_mesh_before_anything_loads():
+    config = load("digits.py")
+    config.train.global_batch_size = 63
+    with pytest.raises(ConfigError, match="global_batch_size=63 is not divisible by the mesh's 2 batch shards"):
+        check_batch_split(config, types.SimpleNamespace(shape={"data": 2, "fsdp": 1, "tensor": 4}))

@@ -121,13 +121,13 @@ def test_converted_mar_workdir_restores_and_exports_back(tmp_path, scan_layers):
     convert.write_mar_workdir(state, ema, config, workdir)
     abstract = _abstract_state(config)
     checkpoints = RunCheckpoints(workdir, read_only=True)
-    checkpoints.check_compatible(0, abstract.params, config)
+    checkpoints.check_compatible(0, abstract, config)
     restored = checkpoints.restore(0, abstract, None)
     # The other layout does not restore silently: the error names the field.
     config.model.scan_layers = not scan_layers
     with pytest.raises(IncompatibleCheckpointError,
                        match=f"model.scan_layers: checkpoint {scan_layers}, this config {not scan_layers}"):
-        checkpoints.check_compatible(0, _abstract_state(config).params, config)
+        checkpoints.check_compatible(0, _abstract_state(config), config)
     checkpoints.close()
     np.testing.assert_array_equal(restored.params["z_proj"]["kernel"], state["z_proj.weight"].T)
     np.testing.assert_array_equal(restored.ema_params["z_proj"]["kernel"], ema["z_proj.weight"].T)

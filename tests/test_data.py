@@ -8,7 +8,8 @@ from PIL import Image
 from marjax.data.image_ops import center_crop, to_model_range, to_uint8
 from marjax.data.pipeline import make_dataset
 from marjax.data.digits import DigitsSource
-from marjax.data.sources import ImageFolderSource, TfdsSource
+from marjax.data.image_folder import ImageFolderSource
+from marjax.data.sources import TfdsSource
 from marjax.errors import DataError
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from marjax.data.image_ops import to_model_range
 from marjax.data.pipeline import make_dataset
-from marjax.data.sources import ImageFolderSource
+from marjax.data.image_folder import ImageFolderSource
 from marjax.errors import DataError
 from marjax.data.latent_cache import CachedLatentSource, write_latent_cache
 from marjax.tokenizers.kl import AutoencoderKL

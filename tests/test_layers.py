@@ -10,7 +10,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "marjax"
 # Bottom to top. A module imports its own layer only inside its own package (bottom layer: any
 # of it, without cycles), and lower layers freely.
 LAYERS = [
-    {"errors", "config", "parallel", "checkpoints", "data", "torch_files", "torch_layout", "image_files", "metrics"},
+    {"errors", "config", "parallel", "checkpoints", "workdir", "data", "torch_files", "torch_layout", "image_files",
+     "metrics"},
     {"blocks"},
     {"heads", "tokenizers", "feature_networks"},
     {"models"},

@@ -77,11 +77,14 @@ def test_checkpoint_round_trip(run, tmp_path):
     checkpoints = RunCheckpoints(str(tmp_path))
     checkpoints.save(3, state, None, config)
     checkpoints.wait()
-    checkpoints.check_compatible(3, task.abstract_state.params, config)
-    restored = checkpoints.restore(3, task.abstract_state, None)
+    restored, step = checkpoints.restore_newest(task.abstract_state, config, None)
+    without_optimizer = checkpoints.restore(3, task.abstract_state, None, training=False)
     checkpoints.close()
+    assert step == 3
     for saved, back in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
         np.testing.assert_array_equal(np.asarray(saved), np.asarray(back))
+    np.testing.assert_array_equal(*(jax.tree.leaves(task.generation_params(s, True))[0]
+                                    for s in (state, without_optimizer)))
 
 
 def test_same_rng_same_images(run):

@@ -3,14 +3,16 @@
 Each family adds its own (`Task.check_config` in `marjax.tasks`); `marjax.tasks.registry.
 check_config` runs both.
 """
+import math
 import os
 
+import jax
 import ml_collections
 
 from marjax.config.loading import config_items
 from marjax.data.class_labels import sample_labels
 from marjax.errors import ConfigError
-from marjax.parallel.sharding import validate_mesh
+from marjax.parallel.sharding import BATCH_AXES, validate_mesh
 
 CHOICES = {
     "tokenizer.kind": ("pixels", "kl", "vq"),
@@ -45,6 +47,18 @@ def validate_shared(config: ml_collections.ConfigDict) -> None:
     for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "global_batch_size"):
         if config.train[key] < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {config.train[key]}")
+    if config.train.num_steps is not None and config.train.num_steps < 1:
+        raise ConfigError(f"train.num_steps must be >= 1 (or None to count train.num_epochs), got {config.train.num_steps}")
+    if config.train.num_steps is None and not config.train.num_epochs > 0:
+        raise ConfigError(f"train.num_epochs must be > 0, got {config.train.num_epochs}")
+    for key in ("seed", "sample.seed"):
+        if values[key] < 0:
+            raise ConfigError(f"{key} must be >= 0, got {values[key]}")
+    if config.data.channels not in (1, 3):
+        raise ConfigError(f"data.channels={config.data.channels}: images have 1 (grey) or 3 (RGB) channels")
+    for key in ("data.image_size", "data.num_classes"):
+        if values[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, got {values[key]}")
     if config.sample.num_images < 1 or config.sample.batch_size < 1:
         raise ConfigError("sample.num_images and sample.batch_size must be >= 1")
     if config.eval.num_images < 10 or config.eval.batch_size < 1 or config.eval.num_reference_images < 4:
@@ -55,3 +69,12 @@ def validate_shared(config: ml_collections.ConfigDict) -> None:
         sample_labels(1, config.data.num_classes, config.sample.classes)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+
+
+def check_batch_split(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+    """ConfigError when train.global_batch_size does not split evenly over `mesh`'s batch axes."""
+    shards = math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+    if config.train.global_batch_size % shards:
+        sizes = " x ".join(str(mesh.shape[axis]) for axis in BATCH_AXES)
+        raise ConfigError(f"train.global_batch_size={config.train.global_batch_size} is not divisible by the mesh's "
+                          f"{shards} batch shards (mesh.{' x mesh.'.join(BATCH_AXES)} = {sizes})")

@@ -24,6 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tfds_data_dir = config_dict.placeholder(str)  # None: TFDS's default (~/tensorflow_datasets)
     c.data.split = "train"
     c.data.path = ""                  # image_folder: class subfolders; cached_latents: the cache
+    c.data.skip_bad_images = False    # image_folder: skip (and count) unreadable files instead of stopping
     c.data.image_size = 256
     c.data.channels = 3
     c.data.num_classes = 1000

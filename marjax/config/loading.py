@@ -40,6 +40,15 @@ def config_keys(config: ml_collections.ConfigDict) -> list[str]:
     return [key for key, _ in config_items(config)]
 
 
+def config_argument(arg: str | None, choices: Sequence[str] = ()) -> str | None:
+    """The argument of a config file's `get_config(arg)` (`--config=file.py:arg`), checked: None or one
+    of `choices`; ConfigError otherwise, so a misspelt variant never runs the default silently."""
+    if not arg or arg in choices:
+        return arg or None
+    takes = " or ".join(repr(c) for c in choices) if choices else "no argument"
+    raise ConfigError(f"unknown config argument {arg!r}: this config takes {takes}")
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """Loads `path/to/config.py[:arg]` the way `--config=` does: `get_config(arg)`."""
     path, _, arg = spec.partition(":")
@@ -51,7 +60,10 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
         module_spec.loader.exec_module(module)
     except FileNotFoundError as e:
         raise ConfigError(f"--config={spec}: no such file {path}") from e
-    return module.get_config(arg or None)
+    try:
+        return module.get_config(arg or None)
+    except ConfigError as e:
+        raise ConfigError(f"--config={spec}: {e}") from e
 
 
 def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str]) -> None:

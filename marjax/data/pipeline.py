@@ -5,6 +5,9 @@ of every global batch; `global_batch` assembles the slices into one array sharde
 mesh's batch axes. The iterator is a grain `DatasetIterator`, whose state is checkpointed
 with the model so a resumed run sees the same next batch.
 """
+import os
+import threading
+import time
 from collections.abc import Sequence
 
 import grain
@@ -57,8 +60,23 @@ def make_dataset(source: Sequence[dict], *, global_batch_size: int, seed: int, r
     dataset = dataset.map(_to_model_inputs).batch(local_batch, drop_remainder=True).to_iter_dataset(
         grain.ReadOptions(num_threads=max(worker_count, 1), prefetch_buffer_size=prefetch_buffer_size))
     if worker_count:
-        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
+                                      worker_init_fn=_exit_with_parent)
     return dataset
+
+
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """Runs in each grain worker: exits it when the training process is gone, even after a
+    kill -9 (which no cleanup code sees), instead of leaving a worker holding memory."""
+    del worker_index, worker_count
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:  # the parent's death reparents this process
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def global_batch(local: dict, sharding: jax.sharding.Sharding) -> dict:

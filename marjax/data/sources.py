@@ -10,57 +10,10 @@ import numpy as np
 from PIL import Image
 
 from marjax.data.digits import DigitsSource
+from marjax.data.image_folder import ImageFolderSource
 from marjax.data.image_ops import center_crop
 from marjax.data.latent_cache import CachedLatentSource
 from marjax.errors import DataError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-
-
-class ImageFolderSource:
-    """A directory of class subfolders (`root/<class>/<image>`), any image size and format.
-
-    Classes are the sorted subfolder names (label = their index), files sorted within a class,
-    as torchvision's ImageFolder. Images are converted to RGB (or L for 1 channel) and
-    ADM-center-cropped to `image_size`.
-    """
-
-    def __init__(self, root: str, image_size: int, channels: int = 3, num_classes: int | None = None):
-        if not root:
-            raise DataError("data.source='image_folder' needs data.path, a directory of class subfolders")
-        if not os.path.isdir(root):
-            raise DataError(f"data.path={root!r}: no such directory (expected class subfolders of images)")
-        classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-        if not classes:
-            raise DataError(f"data.path={root!r} has no class subfolders (expected {root}/<class>/<image>)")
-        if num_classes is not None and len(classes) > num_classes:
-            raise DataError(f"data.path={root!r} has {len(classes)} class folders but data.num_classes="
-                            f"{num_classes}")
-        self.classes = classes
-        self.files: list[str] = []
-        labels = []
-        for label, name in enumerate(classes):
-            for dirpath, _, filenames in sorted(os.walk(os.path.join(root, name), followlinks=True)):
-                for filename in sorted(filenames):
-                    if filename.lower().endswith(IMAGE_EXTENSIONS):
-                        self.files.append(os.path.join(dirpath, filename))
-                        labels.append(label)
-        if not self.files:
-            raise DataError(f"data.path={root!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
-                            f"under its class folders")
-        self.labels = np.asarray(labels, np.int32)
-        self.image_size = image_size
-        self.mode = {1: "L", 3: "RGB"}[channels]
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> dict:
-        with Image.open(self.files[index]) as image:
-            array = center_crop(image.convert(self.mode), self.image_size)
-        return {"image": array, "label": self.labels[index]}
 
 
 class TfdsSource:
@@ -110,7 +63,7 @@ def make_source(data_config) -> Sequence[dict]:
         return DigitsSource(data_config.image_size)
     if kind == "image_folder":
         return ImageFolderSource(data_config.path, data_config.image_size, data_config.channels,
-                                 data_config.num_classes)
+                                 data_config.num_classes, data_config.skip_bad_images)
     if kind == "tfds":
         if data_config.channels != 3:
             raise DataError("TFDS image sources are read as RGB: set data.channels=3")

@@ -7,15 +7,28 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from marjax.errors import DegenerateSamples
+
+
+def require_varied(images: jax.Array | np.ndarray, source: str) -> None:
+    """DegenerateSamples naming `source` (the checkpoint) when every image of `images` (B, H, W, C)
+    is one flat colour: the params are zero or saturate, and writing or scoring them would hide it."""
+    flat = jnp.all(jnp.max(images, axis=(1, 2)) == jnp.min(images, axis=(1, 2)))
+    if bool(flat):
+        raise DegenerateSamples(f"every image generated from {source} is one flat colour: its params are "
+                                f"untrained, zero or saturated; nothing was written")
+
 
 def generate_images(generate: Callable[[Any, jax.Array, jax.Array], jax.Array], params: Any, labels: np.ndarray,
-                    rng: jax.Array, batch_size: int) -> np.ndarray:
+                    rng: jax.Array, batch_size: int, source: str | None = None) -> np.ndarray:
     """One image per label, in batches of `batch_size` (the last one padded, so one compiled
     program serves all; batch i draws from `fold_in(rng, first index of batch i)`).
 
     Args:
       generate: (params, labels (B,) int32, rng) -> (B, H, W, C) uint8, a task's `generate`.
       labels: (N,) int class labels.
+      source: where `params` come from; when given, a first batch of only flat colours is an error
+        (`require_varied`).
     Returns:
       (N, H, W, C) uint8 images on the host.
     """
@@ -25,5 +38,7 @@ def generate_images(generate: Callable[[Any, jax.Array, jax.Array], jax.Array], 
         padded = np.pad(batch, (0, batch_size - len(batch)))
         out = generate(params, jnp.asarray(padded, jnp.int32), jax.random.fold_in(rng, start))
         images.append(np.asarray(jax.device_get(out))[:len(batch)])
+        if start == 0 and source is not None:
+            require_varied(images[0], source)
         logging.info("generated %d / %d images", min(start + batch_size, len(labels)), len(labels))
     return np.concatenate(images)

@@ -57,6 +57,14 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
     """Raises ConfigError for MAR settings that cannot run; with `weights`, also when the
     tokenizer's weights are not there."""
     m = config.model
+    for key, value in (("model.patch_size", m.patch_size), ("train.diffusion_batch_mul", config.train.diffusion_batch_mul),
+                       ("sample.num_iter", config.sample.num_iter),
+                       ("sample.num_diffusion_steps", config.sample.num_diffusion_steps)):
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if not 0.0 < config.train.mask_ratio_min <= 1.0:
+        raise ConfigError(f"train.mask_ratio_min={config.train.mask_ratio_min}: the smallest masked fraction lies in "
+                          f"(0, 1]")
     for key, choices in (("dtype", ("float32", "bfloat16")), ("remat", tuple(REMAT_POLICIES))):
         if m[key] not in choices:
             raise ConfigError(f"model.{key}={m[key]!r}; choose one of {list(choices)}")

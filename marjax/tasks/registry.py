@@ -4,13 +4,14 @@ Adding a family is one line in `TASKS` (see docs/architecture.md).
 """
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
 
-from marjax.checkpoints import RunCheckpoints
+from marjax.checkpoints import RunCheckpoints, nonfinite_arrays
 from marjax.config.checks import validate_shared
-from marjax.errors import ConfigError
+from marjax.errors import ConfigError, TrainingDiverged
 from marjax.parallel.sharding import mesh_from_config
 from marjax.tasks import autoencoder, mar
 from marjax.tasks.base import Task, TaskSpec
@@ -47,19 +48,45 @@ def make_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_re
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
                   mesh: jax.sharding.Mesh | None = None) -> tuple[Task, object, int]:
-    """(task, state, step): the state of checkpoint `step` (default: the latest) in `workdir`,
-    checked against `config` and placed on its mesh. FileNotFoundError when there is none;
-    IncompatibleCheckpointError naming what differs."""
+    """(task, state, step): the state of checkpoint `step` (default: the newest that restores) in
+    `workdir`, without its optimizer state (None), checked against `config` and placed on its mesh.
+    FileNotFoundError when there is none; IncompatibleCheckpointError naming what differs;
+    DamagedCheckpoint naming the file when the requested step (or every step) cannot be read."""
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise FileNotFoundError(f"{workdir}/checkpoints does not exist: no trained or converted run there")
     task = make_task(config, mesh_from_config(config.mesh) if mesh is None else mesh)
     checkpoints = RunCheckpoints(workdir, read_only=True)
     saved = list(checkpoints.manager.all_steps())
-    step = checkpoints.latest_step() if step is None else step
-    if step is None or step not in saved:
-        raise FileNotFoundError(f"no checkpoint {'' if step is None else f'at step {step} '}in "
-                                f"{checkpoints.directory} (saved steps: {saved})")
-    checkpoints.check_compatible(step, task.abstract_state.params, config)
-    state = checkpoints.restore(step, task.abstract_state, None)
-    checkpoints.close()
+    try:
+        if step is None:
+            newest = checkpoints.restore_newest(task.abstract_state, config, None, training=False)
+            if newest is None:
+                raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")
+            state, step = newest
+        elif step not in saved:
+            raise FileNotFoundError(f"no checkpoint at step {step} in {checkpoints.directory} (saved steps: {saved})")
+        else:
+            checkpoints.check_compatible(step, task.abstract_state, config, training=False)
+            state = checkpoints.restore(step, task.abstract_state, None, training=False)
+    finally:
+        checkpoints.close()
     return task, state, step
+
+
+def restore_generator(config: ml_collections.ConfigDict, workdir: str,
+                      mesh: jax.sharding.Mesh | None = None) -> tuple[Task, Any, int]:
+    """(task, params for `task.generate`, step) from checkpoint `sample.step` (default: the newest
+    that restores) of `workdir`: its EMA or raw params as `sample.use_ema` says. ConfigError when the
+    task does not generate; TrainingDiverged naming the checkpoint when the params hold NaN or Inf."""
+    task, state, step = restore_state(config, workdir, config.sample.step, mesh)
+    if task.generate is None:
+        raise ConfigError(f"task={config.task!r} does not generate; a tokenizer run writes its reconstruction "
+                          f"grids to <workdir>/samples while training")
+    params = task.generation_params(state, config.sample.use_ema)
+    bad = nonfinite_arrays(params)
+    if bad:
+        kind = "EMA" if config.sample.use_ema else "raw"
+        raise TrainingDiverged(f"checkpoint {step} in {workdir}/checkpoints holds NaN or Inf in {len(bad)} arrays of "
+                               f"its {kind} params (first: {bad[0]}): it cannot generate; choose an earlier step "
+                               f"with --config.sample.step")
+    return task, params, step
