@@ -1,8 +1,10 @@
 """The ViT block of the reference (timm 0.9.12 `Block`, as MAR configures it).
 
 Pre-norm: x + attn(norm1(x)), then x + mlp(norm2(x)) (`marjax.blocks.attention` for the
-attention). The MLP is fc1 -> exact GELU -> fc2. Dropout sits after GELU and after fc2
-(`marjax.blocks.dropout`: hashed masks, cheaper than threefry). No layer scale, no drop path.
+attention, whose optional mask and KV cache the block passes through: MAR runs without either,
+the causal baselines with a causal mask in training and a cache in decoding). The MLP is
+fc1 -> exact GELU -> fc2. Dropout sits after GELU and after fc2 (`marjax.blocks.dropout`:
+hashed masks, cheaper than threefry). No layer scale, no drop path.
 """
 import math
 
@@ -10,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from marjax.blocks.attention import Attention
+from marjax.blocks.attention import Attention, KVCache
 from marjax.blocks.dropout import Dropout
 from marjax.blocks.layers import Dtype, dense, layer_norm
 
@@ -49,12 +51,22 @@ class Block(nn.Module):
     attention_impl: str | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, kv_lengths: jax.Array | None = None,
-                 deterministic: bool = True) -> jax.Array:
-        """x: (B, N, D) -> (B, N, D). kv_lengths: (B,) number of valid leading rows, or None."""
+    def __call__(self, x: jax.Array, kv_lengths: jax.Array | None = None, deterministic: bool = True, *,
+                 mask: jax.Array | None = None,
+                 cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
+        """x: (B, N, D) -> (B, N, D), or ((B, N, D), the updated cache) when `cache` is given.
+
+        kv_lengths: (B,) number of valid leading rows, or None. mask: bool, broadcastable to
+        (B, heads, N, keys), True where a query may attend a key. cache: this block's keys and
+        values of the earlier positions (`Attention` describes both).
+        """
         width = x.shape[-1]
         attn = Attention(self.num_heads, self.attn_dropout, self.proj_dropout, self.dtype,
                          self.attention_impl, name="attn")
-        x = x + attn(layer_norm("norm1", self.dtype)(x), kv_lengths, deterministic)
+        attended = attn(layer_norm("norm1", self.dtype)(x), kv_lengths, deterministic, mask=mask, cache=cache)
+        if cache is not None:
+            attended, cache = attended
+        x = x + attended
         mlp = Mlp(int(width * self.mlp_ratio), self.proj_dropout, self.dtype, name="mlp")
-        return x + mlp(layer_norm("norm2", self.dtype)(x), deterministic)
+        x = x + mlp(layer_norm("norm2", self.dtype)(x), deterministic)
+        return x if cache is None else (x, cache)

@@ -1,4 +1,4 @@
-"""Random generation orders, training masks and the sampler's cosine mask schedule.
+"""Generation orders (random, raster), training masks and the sampler's cosine mask schedule.
 
 Training: one mask ratio per batch r ~ truncated normal (loc 1, scale 0.25, on [min_ratio, 1]),
 num_masked = ceil(L r), and mask = True at the first num_masked entries of each sample's order.
@@ -18,6 +18,11 @@ def sample_orders(rng: jax.Array, batch_size: int, seq_len: int) -> jax.Array:
     """One uniformly random permutation of 0..L-1 per sample: (B, L) int32."""
     keys = jax.random.split(rng, batch_size)
     return jax.vmap(lambda k: jax.random.permutation(k, seq_len))(keys).astype(jnp.int32)
+
+
+def raster_orders(batch_size: int, seq_len: int) -> jax.Array:
+    """The row-major order 0..L-1 for every sample: (B, L) int32."""
+    return jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch_size, seq_len))
 
 
 def sample_num_masked(rng: jax.Array, seq_len: int, min_ratio: float = 0.7) -> jax.Array:
