@@ -4,8 +4,8 @@
 with bias whose output is laid out (3, heads, head_dim), scale head_dim^-0.5, then `proj`;
 dropout on the attention probabilities and after `proj`. Optional arguments serve the causal
 families: a boolean mask (padding, causal, block-causal), rotary embeddings on q and k, grouped
-K/V heads, and a KV cache passed in and returned (the cache is a pytree, so a sampler carries it
-through `jax.lax.scan`).
+K/V heads, Linears without bias and with another init (LlamaGen), and a KV cache passed in and
+returned (the cache is a pytree, so a sampler carries it through `jax.lax.scan`).
 
 Attention goes through `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPU with
 `attention_impl="cudnn"`). That API has no dropout on the probabilities, so while training with
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from marjax.blocks.dropout import Dropout
-from marjax.blocks.layers import Dtype, dense
+from marjax.blocks.layers import Dtype, dense, xavier_uniform
 
 Rope = tuple[jax.Array, jax.Array]
 
@@ -170,6 +170,8 @@ class Attention(nn.Module):
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None  # None/"xla" or "cudnn"
     num_kv_heads: int | None = None  # grouped K/V heads; None: one per query head
+    use_bias: bool = True  # LlamaGen's qkv and output Linears have none
+    kernel_init: nn.initializers.Initializer = xavier_uniform
 
     @nn.compact
     def __call__(self, x: jax.Array, kv_lengths: jax.Array | None = None, deterministic: bool = True, *,
@@ -190,7 +192,8 @@ class Attention(nn.Module):
         b, n, width = x.shape
         head_dim = width // self.num_heads
         kv_heads = self.num_kv_heads or self.num_heads
-        qkv = dense((self.num_heads + 2 * kv_heads) * head_dim, "qkv", self.dtype, axes=("embed", "qkv"))(x)
+        qkv = dense((self.num_heads + 2 * kv_heads) * head_dim, "qkv", self.dtype, self.use_bias, self.kernel_init,
+                    axes=("embed", "qkv"))(x)
         if kv_heads == self.num_heads:
             # The reference's (3, heads, hd) view; slicing it (not `split`) keeps XLA's fusion of the
             # backward pass, and so MAR's training numbers, exactly as before grouped heads existed.
@@ -216,6 +219,7 @@ class Attention(nn.Module):
         else:
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, key_value_seq_lengths=kv_lengths,
                                                implementation=self.attention_impl)
-        out = dense(width, "proj", self.dtype, axes=("heads", "embed"))(out.reshape(b, n, width))
+        out = dense(width, "proj", self.dtype, self.use_bias, self.kernel_init,
+                    axes=("heads", "embed"))(out.reshape(b, n, width))
         out = Dropout(self.proj_dropout)(out, deterministic=deterministic)
         return out if cache is None else (out, cache)

@@ -9,7 +9,7 @@ position, so the mask is the same however the array is sharded.
 
 An element is kept when the top 24 bits of its hash fall below round((1 - rate) * 2^24), the
 resolution of a float32 uniform, and kept elements are scaled by 1 / (1 - rate), as torch's
-nn.Dropout does.
+nn.Dropout does. `DropPath` draws one such decision per sample (stochastic depth).
 """
 import flax.linen as nn
 import jax
@@ -56,4 +56,20 @@ class Dropout(nn.Module):
         if deterministic or self.rate == 0.0:
             return x
         keep = dropout_mask(self.make_rng("dropout"), self.rate, x.shape)
+        return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros_like(x))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth on a residual branch: zeroes whole samples with probability `rate` and scales
+    the rest by 1 / (1 - rate), as timm's DropPath (LlamaGen's `utils/drop_path.py`). x: (B, ...) ->
+    the same; the identity when `deterministic` or rate is 0. Draws from the "dropout" rng collection."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = dropout_mask(self.make_rng("dropout"), self.rate, x.shape[:1])
+        keep = keep.reshape(x.shape[:1] + (1,) * (x.ndim - 1))
         return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros_like(x))
