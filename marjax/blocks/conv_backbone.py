@@ -4,8 +4,8 @@ Structure and numerics of LTH14/mar `models/vae.py`: GroupNorm (32 groups, eps 1
 ResNet blocks with a 1x1 `nin_shortcut` when the width changes; single-head attention through
 1x1 convs q, k, v, proj_out with scale c^-0.5; downsampling pads the bottom and right by one and
 applies a stride-2 3x3 conv without padding; upsampling is nearest x2 then a 3x3 conv. The
-encoder attends at `attn_resolutions`, the decoder's up path never does; both have mid
-attention. Layout NHWC.
+encoder attends at `attn_resolutions`, the decoder's up path only at `attn_levels` (none in
+LDM's KL-VAE; VAR's VQVAE attends at the lowest resolution); both have mid attention. Layout NHWC.
 
 Submodule names follow the reference's keys with "_" for ".": `encoder/down_4_attn_0/q`
 stands for `encoder.down.4.attn.0.q`. Conv weights init as PyTorch's default (uniform with
@@ -106,6 +106,7 @@ class Decoder(nn.Module):
     ch_mult: Sequence[int]
     num_res_blocks: int
     out_channels: int
+    attn_levels: Sequence[int] = ()  # levels (0 = full resolution) whose res blocks are each followed by attention
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
@@ -118,6 +119,8 @@ class Decoder(nn.Module):
         for level in reversed(range(len(self.ch_mult))):
             for block in range(self.num_res_blocks + 1):
                 h = ResnetBlock(self.ch * self.ch_mult[level], name=f"up_{level}_block_{block}")(h)
+                if level in self.attn_levels:
+                    h = AttnBlock(name=f"up_{level}_attn_{block}")(h)
             if level != 0:
                 h = Upsample(name=f"up_{level}_upsample")(h)
         return conv(self.out_channels, 3, "conv_out")(nn.swish(group_norm("norm_out")(h)))
