@@ -71,10 +71,11 @@ class RunCheckpoints:
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
         self.read_only = read_only
+        self.keep = keep
         self.manager = ocp.CheckpointManager(
             self.directory,
             item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
-                           "config": ocp.JsonCheckpointHandler()},
+                           "config": ocp.JsonCheckpointHandler(), "log_window": ocp.JsonCheckpointHandler()},
             options=ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep, create=not read_only,
                                                cleanup_tmp_directories=not read_only,
                                                read_only=read_only))
@@ -90,9 +91,10 @@ class RunCheckpoints:
                 else f"the last good checkpoint is step {latest} in {self.directory}")
 
     def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None,
-             config: ml_collections.ConfigDict) -> None:
+             config: ml_collections.ConfigDict, log_window: list[dict] | None = None) -> None:
         """Starts an asynchronous save of step `step` (returns before the files are written).
         Without a data iterator (converted weights) a resumed run starts its data afresh.
+        `log_window`: the metrics of the steps since the last log line ({name: float} per step).
         Raises TrainingDiverged, saving nothing, when a floating array of `state` is not finite."""
         bad = nonfinite_arrays(state)
         if bad:
@@ -103,6 +105,8 @@ class RunCheckpoints:
         items = {"state": ocp.args.PyTreeSave(state), "config": ocp.args.JsonSave(config.to_dict())}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        if log_window:
+            items["log_window"] = ocp.args.JsonSave({"steps": log_window})
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def wait(self) -> None:
@@ -112,6 +116,13 @@ class RunCheckpoints:
     def saved_config(self, step: int) -> dict:
         return self._reading(step, lambda: self.manager.restore(
             step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+
+    def saved_log_window(self, step: int) -> list[dict]:
+        """The metrics of the steps since the last log line that step `step` was saved with ([] if none)."""
+        if not os.path.isdir(os.path.join(self.directory, str(step), "log_window")):
+            return []
+        return self._reading(step, lambda: self.manager.restore(
+            step, args=ocp.args.Composite(log_window=ocp.args.JsonRestore()))["log_window"]["steps"])
 
     def check_compatible(self, step: int, abstract_state: Any, config: ml_collections.ConfigDict,
                          training: bool = True) -> None:
@@ -192,11 +203,21 @@ class RunCheckpoints:
             if damaged:
                 logging.warning("using checkpoint %d, the newest that restores (damaged: %s)", step,
                                 ", ".join(str(s) for s, _ in damaged))
+            if not self.read_only:
+                self._remove_surplus()
             return state, step
         if damaged:
             raise DamagedCheckpoint(f"no checkpoint in {self.directory} restores:\n" + "\n".join(m for _, m in damaged)
                                     + f"\nrepair them, or move {self.directory} away to start afresh")
         return None
+
+    def _remove_surplus(self) -> None:
+        """Deletes the steps beyond the newest `keep`, as Orbax would at the next save: a run killed
+        while Orbax deleted one leaves it half-deleted and listed; it goes now, not one save later."""
+        for step in sorted(self.manager.all_steps())[:-self.keep]:
+            logging.info("removing checkpoint %d (train.keep_checkpoints=%d; a run stopped while deleting it)",
+                         step, self.keep)
+            self.manager.delete(step)
 
     def set_aside(self, step: int, folder: str) -> str:
         """Moves step `step` out of the checkpoints, into `<workdir>/<folder>/<step>` (a suffix if that

@@ -66,6 +66,25 @@ class _Preemption:
             signal.signal(sig, previous)
 
 
+class LogWindow:
+    """Metric means over windows of `every` steps; step s closes a window when (s + 1) % every == 0
+    (or s is the last step). The open window's values go into each checkpoint (`values`), so a
+    resumed run logs the means an uninterrupted run logs."""
+
+    def __init__(self, every: int, saved: list[dict] | None = None):
+        self.every = every
+        self.values = list(saved or [])
+
+    def add(self, step: int, metrics: dict, last_step: int) -> dict[str, float] | None:
+        """Adds the fetched metrics of `step`; returns the window's means when it closes, else None."""
+        self.values.append({name: float(value) for name, value in metrics.items()})
+        if (step + 1) % self.every and step + 1 != last_step:
+            return None
+        means = {name: float(np.mean([v[name] for v in self.values])) for name in self.values[0]}
+        self.values = []
+        return means
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     """Trains until `train.num_steps` (or `train.num_epochs`), resuming from `workdir` if it holds
     checkpoints. Returns the final state (the state saved at preemption, if preempted).
@@ -117,7 +136,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
     step = int(state.step)
     last_saved = latest
     pending: list[tuple[int, dict]] = []  # metrics fetched one step late, so dispatch stays ahead
-    history: list[dict] = []  # fetched metrics since the last log line
+    window = LogWindow(config.train.log_every_steps, None if latest is None else checkpoints.saved_log_window(latest))
 
     def check_and_log(upto: int) -> None:
         """Fetches pending metrics, stops on NaN/Inf, writes means every log_every_steps."""
@@ -131,23 +150,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
                 raise TrainingDiverged(
                     f"loss {values['loss']} / grad norm {values['grad_norm']} at step {s}: training stopped; "
                     f"{set_aside}{checkpoints.describe_latest()}")
-            history.append(values)
-            if (s + 1) % config.train.log_every_steps == 0 or s + 1 == upto:
-                means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+            means = window.add(s, values, upto)
+            if means is not None:
                 writer.write_scalars(s + 1, means)  # to TensorBoard and the log
-                history.clear()
         pending.clear()
 
     logging.info("training from step %d to %d (the first step compiles)", step, plan.total_steps)
     try:
         while step < plan.total_steps:
             if preemption.reached(step):
-                check_and_log(step)
+                check_and_log(plan.total_steps)  # the open window is saved, not logged half-full
                 if step == 0:
                     logging.warning("preempted before the first step: nothing to save")
                     return state
                 if last_saved != step:
-                    checkpoints.save(step, state, data_iterator, config)
+                    checkpoints.save(step, state, data_iterator, config, window.values)
                 checkpoints.wait()
                 logging.warning("preempted: saved the checkpoint at step %d; resume with the same command", step)
                 return state
@@ -160,7 +177,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
             progress(step)
             if step % config.train.checkpoint_every_steps == 0 or step == plan.total_steps:
                 check_and_log(plan.total_steps)
-                checkpoints.save(step, state, data_iterator, config)
+                checkpoints.save(step, state, data_iterator, config, window.values)
                 last_saved = step
             if task.visualize and config.train.sample_every_steps and (
                     step % config.train.sample_every_steps == 0 or step == plan.total_steps):

@@ -19,6 +19,7 @@ from marjax.checkpoints import DAMAGED_FOLDER, RunCheckpoints, nonfinite_arrays
 from marjax.data.pipeline import make_dataset
 from marjax.errors import DamagedCheckpoint, IncompatibleCheckpointError, TrainingDiverged, WorkdirInUse
 from marjax.tasks.generation import generate_images, require_varied
+from marjax.train import LogWindow
 from marjax.workdir import WorkdirLock, ensure_writable_directory
 
 CONFIG = ml_collections.ConfigDict({"model": {"width": 4, "dtype": "float32"}, "tokenizer": {},
@@ -201,3 +202,26 @@ def test_workdirs_that_cannot_be_written_fail_at_start(tmp_path):
     (tmp_path / "samples").write_text("")
     with pytest.raises(Exception, match="samples is a file"):
         ensure_writable_directory(str(tmp_path / "samples"), "--mode=sample writes to <workdir>/samples")
+
+
+def test_a_step_left_half_deleted_by_a_kill_is_not_listed_after_restart(copy_of):
+    os.remove(os.path.join(copy_of, "checkpoints", "2", "state", "manifest.ocdbt"))  # Orbax was deleting it
+    checkpoints = RunCheckpoints(copy_of, keep=1)
+    _, step = checkpoints.restore_newest(abstract_state(), CONFIG, None)
+    assert step == 3 and list(checkpoints.manager.all_steps()) == [3]
+    checkpoints.close()
+
+
+def test_logged_means_around_a_preemption_equal_the_uninterrupted_ones(tmp_path):
+    losses = [{"loss": 0.1 * (i + 1), "grad_norm": float(i)} for i in range(10)]
+    uninterrupted = LogWindow(4)
+    expected = {s + 1: m for s in range(10) if (m := uninterrupted.add(s, losses[s], 10)) is not None}
+    first = LogWindow(4)
+    logged = {s + 1: m for s in range(6) if (m := first.add(s, losses[s], 10)) is not None}
+    checkpoints = RunCheckpoints(str(tmp_path))  # preempted after 6 steps: the open window is saved
+    checkpoints.save(6, toy_state(6), None, CONFIG, first.values)
+    checkpoints.wait()
+    resumed = LogWindow(4, checkpoints.saved_log_window(6))
+    checkpoints.close()
+    logged |= {s + 1: m for s in range(6, 10) if (m := resumed.add(s, losses[s], 10)) is not None}
+    assert sorted(expected) == [4, 8, 10] and logged == expected
