@@ -1,10 +1,10 @@
-"""Nearest-code lookup, losses, straight-through gradients and code statistics."""
+"""Nearest-code lookup, losses and straight-through gradients (code statistics: test_code_usage.py)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from marjax.tokenizers.vector_quantizer import VectorQuantizer, code_statistics
+from marjax.tokenizers.vector_quantizer import VectorQuantizer
 
 CODES = jnp.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -2.0]])
 
@@ -46,12 +46,6 @@ def test_gradients_pass_straight_through_and_split_between_losses():
     g_commit_z = jax.grad(lambda z: loss({"codebook": CODES}, z)[1])(z)
     assert np.abs(g_codebook).sum() > 0 and np.abs(g_commit_codes).sum() == 0
     np.testing.assert_allclose(g_commit_z, 0.25 * 2 * (z - CODES[jnp.array([0, 3])]) / z.size, rtol=1e-6)
-
-
-def test_code_statistics():
-    stats = code_statistics(jnp.array([0, 0, 1, 1]), 4)
-    np.testing.assert_allclose(stats["codebook_usage"], 0.5)
-    np.testing.assert_allclose(stats["perplexity"], 2.0, rtol=1e-6)
 
 
 def test_vq_model_shapes_and_code_round_trip():

@@ -10,18 +10,11 @@ import jax
 import jax.numpy as jnp
 
 from marjax.blocks.layers import named
+from marjax.tokenizers.code_usage import code_statistics
 
 
 def _normalize(x: jax.Array) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def code_statistics(indices: jax.Array, codebook_size: int) -> dict[str, jax.Array]:
-    """Usage (fraction of codes hit at least once) and perplexity exp(H) of the code histogram."""
-    counts = jnp.bincount(indices.reshape(-1), length=codebook_size)
-    probs = counts / indices.size
-    entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0))
-    return {"codebook_usage": jnp.mean(counts > 0), "perplexity": jnp.exp(entropy)}
 
 
 def _uniform(bound: float):

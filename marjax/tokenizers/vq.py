@@ -1,8 +1,9 @@
-"""A VQ tokenizer on the KL-VAE's conv backbone (LlamaGen's VQ-16 recipe by default).
+"""A VQ tokenizer on the KL-VAE's conv backbone (LlamaGen's VQ-16 widths and quantizer by default).
 
 Images (B, H, W, C) in [-1, 1] -> encoder features (B, h, w, z_channels) -> 1x1 quant_conv to
 code_dim -> nearest codebook entry (optionally L2-normalised) -> 1x1 post_quant_conv back to
-z_channels -> decoder -> images. Codes are (B, h, w) int32.
+z_channels -> decoder -> images. Codes are (B, h, w) int32. LlamaGen's attention layout (every
+res block of the lowest level, encoder and decoder) is `llamagen_vq.llamagen_vq`'s.
 """
 import dataclasses
 import functools
@@ -10,13 +11,15 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from marjax.blocks.conv_backbone import Decoder, Encoder, conv
 from marjax.tokenizers.vector_quantizer import VectorQuantizer
 
 
 class VQModel(nn.Module):
-    """`vq16`: ch 128, ch_mult (1, 1, 2, 2, 4), z_channels 256, codebook 16384 x 8, L2-normalised."""
+    """Defaults: LlamaGen VQ-16's ch 128, ch_mult (1, 1, 2, 2, 4), z_channels 256, codebook 16384 x 8,
+    L2-normalised, beta 0.25; the decoder's up path attends only at `decoder_attn_levels` (0 = full resolution)."""
 
     ch: int = 128
     ch_mult: Sequence[int] = (1, 1, 2, 2, 4)
@@ -28,12 +31,14 @@ class VQModel(nn.Module):
     l2_normalize: bool = True
     commitment_beta: float = 0.25
     image_channels: int = 3
-    resolution: int = 256
+    resolution: int = 256  # nominal image size that places the encoder attention (any input size runs)
+    decoder_attn_levels: Sequence[int] = ()
 
     def setup(self):
         self.encoder = Encoder(self.ch, tuple(self.ch_mult), self.num_res_blocks, tuple(self.attn_resolutions),
                                self.z_channels, self.resolution)
-        self.decoder = Decoder(self.ch, tuple(self.ch_mult), self.num_res_blocks, self.image_channels)
+        self.decoder = Decoder(self.ch, tuple(self.ch_mult), self.num_res_blocks, self.image_channels,
+                               tuple(self.decoder_attn_levels))
         self.quant_conv = conv(self.code_dim, 1, "quant_conv")
         self.quantizer = VectorQuantizer(self.codebook_size, self.code_dim, self.commitment_beta, self.l2_normalize)
         self.post_quant_conv = conv(self.z_channels, 1, "post_quant_conv")
@@ -58,6 +63,12 @@ class VQModel(nn.Module):
         """Reconstruction, codes, and the VQ losses and code statistics."""
         quantized, codes, stats = self.encode(images)
         return self.decode(quantized), codes, stats
+
+
+def init_vq_params(model: VQModel, rng: jax.Array) -> dict:
+    """Initial params (unboxed), made on one code's worth of pixels: the shapes do not depend on the image size."""
+    images = jnp.zeros((1, model.stride, model.stride, model.image_channels))
+    return nn.unbox(model.init(rng, images)["params"])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
