@@ -20,6 +20,7 @@ import pytest
 from marjax.tokenizers.msvq import MultiScaleQuantizer, phi_table, update_hit_ema, usage_percent
 from marjax.tokenizers.msvq_torch_layout import params_from_torch_state, torch_key_to_path, torch_state_from_params
 from marjax.tokenizers.msvq_vae import VQVAE, init_vqvae_params
+from tests.packed_fixtures import int8_grid_state, load_npz
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "var_msvq_tiny_reference.npz"
 PATCH_NUMS = (1, 2, 3, 4, 6, 8)
@@ -43,21 +44,14 @@ def as_grid(codes, p):
 
 @pytest.fixture(scope="module")
 def ref():
-    with np.load(FIXTURE) as data:
-        return {k: data[k] for k in data.files}
+    return load_npz(FIXTURE)
 
-
-def state_of(ref, prefix=""):
-    """The reference's state dict (float32) under `prefix`: int8 grid values times their step."""
-    head = f"{prefix}state/"
-    return {k[len(head):]: (v.astype(np.float32) * ref.get(f"{prefix}step/{k[len(head):]}", np.float32(1)))
-            for k, v in ref.items() if k.startswith(head)}
 
 
 @pytest.fixture(scope="module")
 def params(ref):
     shapes = jax.eval_shape(lambda: init_vqvae_params(MODEL, jax.random.key(0)))
-    return params_from_torch_state(state_of(ref), shapes)
+    return params_from_torch_state(int8_grid_state(ref), shapes)
 
 
 def apply(params, *args, method=None):
@@ -73,7 +67,7 @@ def test_state_dict_maps_both_ways(ref, params):
     assert torch_key_to_path("quantize.quant_resi.qresi_ls.3.weight") == ("quantizer", "phi_3", "kernel")
     assert torch_key_to_path("quantize.quant_resi.5.bias") == ("quantizer", "phi_5", "bias")
     assert torch_key_to_path("quantize.quant_resi.qresi.weight") == ("quantizer", "phi_0", "kernel")
-    state = state_of(ref)
+    state = int8_grid_state(ref)
     qkv = state["decoder.up.1.attn.0.qkv.weight"]  # q, k, v stacked along the output channels
     np.testing.assert_array_equal(params["decoder"]["up_1_attn_0"]["k"]["kernel"][0, 0], qkv[32:64, :, 0, 0].T)
     back = torch_state_from_params(params, len(PATCH_NUMS))
@@ -142,7 +136,7 @@ def test_sampling_steps_and_decoding(ref, params):
 
 @pytest.mark.parametrize("label, num_phis", [("nonshared", 6), ("shared", 1)])
 def test_other_phi_sharings(ref, params, label, num_phis):
-    state = state_of(ref, f"{label}/")
+    state = int8_grid_state(ref, f"{label}/")
     phis = flax.traverse_util.unflatten_dict({torch_key_to_path("quantize." + k)[1:]: (
         v.transpose(2, 3, 1, 0) if v.ndim == 4 else v) for k, v in state.items()})
     quantizer = MultiScaleQuantizer(64, 8, PATCH_NUMS, num_phis).bind(

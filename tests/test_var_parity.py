@@ -22,6 +22,7 @@ from marjax.models.var import VAR, init_caches, init_params
 from marjax.models.var_torch_layout import buffers, params_from_torch_state, torch_state_from_params
 from marjax.tokenizers.msvq import MultiScaleQuantizer
 from marjax.tokenizers.msvq_torch_layout import params_from_torch_state as quantizer_from_torch_state
+from tests.packed_fixtures import int8_grid_state, load_npz
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "var_tiny_reference.npz"
 PATCH_NUMS = (1, 2, 3, 4)
@@ -37,25 +38,18 @@ def close(actual, expected, rtol=RTOL):
 
 @pytest.fixture(scope="module")
 def ref():
-    with np.load(FIXTURE) as data:
-        return {k: data[k] for k in data.files}
+    return load_npz(FIXTURE)
 
-
-def state_of(ref, prefix=""):
-    """The reference params (float32) stored under `prefix`: int8 grid values times their step."""
-    head = f"{prefix}state/"
-    return {k[len(head):]: v.astype(np.float32) * ref[f"{prefix}step/{k[len(head):]}"]
-            for k, v in ref.items() if k.startswith(head)}
 
 
 def variant_state(ref, tag):
     """The state dict of a variant: main's params, less those it lacks, plus its own."""
-    state = state_of(ref)
+    state = int8_grid_state(ref)
     if tag == "saln":
         state = {k: v for k, v in state.items() if ".ada_lin." not in k or k.startswith("head_nm.")}
     if tag == "noanorm":
         state = {k: v for k, v in state.items() if not k.endswith("scale_mul_1H11")}
-    return {**state, **state_of(ref, f"{tag}/")}
+    return {**state, **int8_grid_state(ref, f"{tag}/")}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +101,7 @@ def test_cached_logits_from_codes_through_our_quantizer(ref, variants):
     quantizer = MultiScaleQuantizer(64, 8, PATCH_NUMS)
     codes = [jnp.asarray(ref[f"codes_{k}"]).reshape(-1, p, p) for k, p in enumerate(PATCH_NUMS)]
     shapes = jax.eval_shape(lambda: quantizer.init(jax.random.key(0), codes, method="latents_from_codes"))
-    quantizer_params = quantizer_from_torch_state({f"quantize.{k}": v for k, v in state_of(ref, "quant/").items()},
+    quantizer_params = quantizer_from_torch_state({f"quantize.{k}": v for k, v in int8_grid_state(ref, "quant/").items()},
                                                   {"quantizer": nn.unbox(shapes["params"])})["quantizer"]
 
     def next_inputs(codes):

@@ -43,6 +43,7 @@ from marjax.blocks.layers import Dtype, dense, layer_norm, named, xavier_uniform
 from marjax.blocks.transformer import Block
 from marjax.heads.diffloss import DiffLoss
 from marjax.heads.softmax import SoftmaxHead, token_cross_entropy
+from marjax.models.common import PatchTokenGrid
 from marjax.models.masking import raster_orders
 
 normal_002 = nn.initializers.normal(0.02)
@@ -65,7 +66,7 @@ def in_order(tokens: jax.Array, orders: jax.Array) -> jax.Array:
     return jnp.take_along_axis(tokens, index, axis=1)
 
 
-class AR(nn.Module):
+class AR(PatchTokenGrid, nn.Module):
     """The causal baseline. Sizes default to MAR-L's transformer doubled into one stack (32 blocks,
     width 1024) with the ablations' 3 x 1024 DiffLoss MLP, on 16x16 KL-16 latents."""
 
@@ -88,19 +89,6 @@ class AR(nn.Module):
     attention_impl: str | None = None
     remat: str = "none"  # a key of block_stack.REMAT_POLICIES
     scan_layers: bool = False  # blocks as one nn.scan over stacked params (see block_stack)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        side = self.latent_size // self.patch_size
-        return side, side
-
-    @property
-    def seq_len(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def token_dim(self) -> int:
-        return self.latent_channels * self.patch_size ** 2
 
     def setup(self):
         if self.order not in ORDERS or self.head not in HEADS:

@@ -2,6 +2,29 @@
 import jax
 import jax.numpy as jnp
 
+
+class PatchTokenGrid:
+    """The token grid of a model whose fields latent_size, latent_channels and patch_size describe
+    square latents cut into patch_size^2 patches (a mixin for MAR and the AR baselines)."""
+
+    latent_size: int
+    latent_channels: int
+    patch_size: int
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.latent_size // self.patch_size
+        return side, side
+
+    @property
+    def seq_len(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def token_dim(self) -> int:
+        return self.latent_channels * self.patch_size ** 2
+
+
 def patchify(latents: jax.Array, patch_size: int) -> jax.Array:
     """(B, H, W, C) -> (B, (H/p)*(W/p), C*p*p), each token ordered (c, p, q) as the reference."""
     b, h, w, c = latents.shape

@@ -30,6 +30,7 @@ from marjax.blocks.block_stack import make_blocks, run_blocks
 from marjax.blocks.layers import Dtype, dense, layer_norm, named
 from marjax.blocks.transformer import Block
 from marjax.heads.diffloss import DiffLoss
+from marjax.models.common import PatchTokenGrid
 
 normal_002 = nn.initializers.normal(0.02)
 
@@ -51,7 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 
-class MAR(nn.Module):
+class MAR(PatchTokenGrid, nn.Module):
     """The MAR model. Sizes default to the ImageNet-256 setting (16x16 KL-16 latents, 16 channels)."""
 
     latent_size: int = 16
@@ -74,19 +75,6 @@ class MAR(nn.Module):
     attention_impl: str | None = None
     remat: str = "none"  # a key of block_stack.REMAT_POLICIES: "none" | "full" | "dots"
     scan_layers: bool = False  # blocks as one nn.scan over stacked params (see block_stack)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        side = self.latent_size // self.patch_size
-        return side, side
-
-    @property
-    def seq_len(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def token_dim(self) -> int:
-        return self.latent_channels * self.patch_size ** 2
 
     def setup(self):
         enc, dec, rows = self.encoder_width, self.decoder_width, self.buffer_size + self.seq_len
