@@ -106,7 +106,8 @@ class RunCheckpoints:
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         if log_window:
-            items["log_window"] = ocp.args.JsonSave({"steps": log_window})
+            # A copy: the save finishes in the background while training appends to the caller's list.
+            items["log_window"] = ocp.args.JsonSave({"steps": [dict(step_metrics) for step_metrics in log_window]})
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def wait(self) -> None:
