@@ -29,7 +29,6 @@ Cached decoding: `prefill` writes row 0 into static per-layer KV caches (`init_d
 returns z_0; `decode_step` writes the token generated at `step` as row step + 1 and returns
 z_{step + 1}. Both give the numbers of `condition`, the full causal forward, up to float rounding.
 """
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +42,7 @@ from marjax.blocks.layers import Dtype, dense, layer_norm, named, xavier_uniform
 from marjax.blocks.transformer import Block
 from marjax.heads.diffloss import DiffLoss
 from marjax.heads.softmax import SoftmaxHead, token_cross_entropy
-from marjax.models.common import PatchTokenGrid
+from marjax.models.common import PatchTokenGrid, build_preset
 from marjax.models.masking import raster_orders
 
 normal_002 = nn.initializers.normal(0.02)
@@ -218,13 +217,7 @@ class AR(PatchTokenGrid, nn.Module):
 
 def ar_preset(name: str, **overrides: Any) -> AR:
     """An AR module of a preset size ("ar_base", "ar_large", "ar_huge"), with field overrides."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown AR preset {name!r}; choose one of {sorted(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(AR)} - {"parent", "name"}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown AR fields {unknown}; valid fields: {sorted(fields)}")
-    return AR(**{**PRESETS[name], **overrides})
+    return build_preset(AR, PRESETS, name, overrides)
 
 
 def init_decode_caches(model: AR, batch: int) -> list[KVCache] | KVCache:

@@ -1,6 +1,12 @@
 """Pieces every generator on a token grid shares: latents <-> patch tokens."""
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
 import jax
 import jax.numpy as jnp
+
+ModuleT = TypeVar("ModuleT")
 
 
 class PatchTokenGrid:
@@ -23,6 +29,20 @@ class PatchTokenGrid:
     @property
     def token_dim(self) -> int:
         return self.latent_channels * self.patch_size ** 2
+
+
+def build_preset(module_class: type[ModuleT], presets: Mapping[str, Mapping[str, Any]], name: str,
+                 overrides: Mapping[str, Any]) -> ModuleT:
+    """`module_class` with the fields of `presets[name]`, then `overrides`; ValueError naming the
+    presets for an unknown name, and the valid fields for an unknown override."""
+    kind = module_class.__name__
+    if name not in presets:
+        raise ValueError(f"unknown {kind} preset {name!r}; choose one of {sorted(presets)}")
+    fields = {f.name for f in dataclasses.fields(module_class)} - {"parent", "name"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown {kind} fields {unknown}; valid fields: {sorted(fields)}")
+    return module_class(**{**presets[name], **overrides})
 
 
 def patchify(latents: jax.Array, patch_size: int) -> jax.Array:

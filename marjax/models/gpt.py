@@ -12,7 +12,6 @@ carrying p's rotation while predicting p + 1. Inference: `prefill` runs the clas
 0 into per-layer static KV caches (`init_caches`), then `decode` feeds one code at a time; together
 they give the causal forward's logits.
 """
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -26,6 +25,7 @@ from marjax.blocks.dropout import Dropout
 from marjax.blocks.layers import Dtype, named
 from marjax.blocks.llama import LlamaBlock, RMSNorm, normal_002, swiglu_hidden
 from marjax.heads.softmax import SoftmaxHead
+from marjax.models.common import build_preset
 
 # LlamaGen's GPT sizes (`GPT_models`); all use multiple_of 256 and one K/V head per query head.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -146,13 +146,7 @@ def init_caches(model: GPT, batch_size: int, dtype: Dtype = jnp.float32) -> tupl
 
 def gpt_preset(name: str, **overrides: Any) -> GPT:
     """A GPT of a published size ("gpt_b", ..., "gpt_3b"), with field overrides."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown GPT preset {name!r}; choose one of {sorted(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(GPT)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown GPT fields {unknown}; valid fields: {sorted(fields - {'parent', 'name'})}")
-    return GPT(**{**PRESETS[name], **overrides})
+    return build_preset(GPT, PRESETS, name, overrides)
 
 
 def init_params(model: GPT, rng: jax.Array, batch_size: int = 1) -> dict:

@@ -19,7 +19,6 @@ axis (`encoder_blocks` instead of `encoder_blocks_0`, ...). Neither changes the 
 `block_stack.stack_block_params(params, BLOCK_GROUPS)` and `unstack_block_params` move params
 between the two layouts.
 """
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -30,7 +29,7 @@ from marjax.blocks.block_stack import make_blocks, run_blocks
 from marjax.blocks.layers import Dtype, dense, layer_norm, named
 from marjax.blocks.transformer import Block
 from marjax.heads.diffloss import DiffLoss
-from marjax.models.common import PatchTokenGrid
+from marjax.models.common import PatchTokenGrid, build_preset
 
 normal_002 = nn.initializers.normal(0.02)
 
@@ -231,13 +230,7 @@ class MAR(PatchTokenGrid, nn.Module):
 
 def mar_preset(name: str, **overrides: Any) -> MAR:
     """A MAR module of a published size ("mar_base", "mar_large", "mar_huge"), with field overrides."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown MAR preset {name!r}; choose one of {sorted(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(MAR)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown MAR fields {unknown}; valid fields: {sorted(fields - {'parent', 'name'})}")
-    return MAR(**{**PRESETS[name], **overrides})
+    return build_preset(MAR, PRESETS, name, overrides)
 
 
 def init_params(model: MAR, rng: jax.Array, batch_size: int = 1) -> dict:

@@ -15,7 +15,6 @@ into per-block static KV caches (`init_caches`), then `decode` runs one whole sc
 input; each gives that scale's logits, equal to the block-causal forward's. The sampling (CFG,
 top-k/p) and the quantizer's next-scale input are not the model's.
 """
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -28,6 +27,7 @@ from marjax.blocks.attention import KVCache, block_causal_mask
 from marjax.blocks.block_stack import init_caches as block_caches
 from marjax.blocks.layers import Dtype, dense, named
 from marjax.heads.softmax import SoftmaxHead
+from marjax.models.common import build_preset
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
@@ -186,13 +186,7 @@ def init_caches(model: VAR, batch_size: int, dtype: Dtype = jnp.float32) -> tupl
 
 def var_preset(name: str, **overrides: Any) -> VAR:
     """A VAR of a published size ("d16", "d20", "d24", "d30", "d36-s"), with field overrides."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown VAR preset {name!r}; choose one of {sorted(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(VAR)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown VAR fields {unknown}; valid fields: {sorted(fields - {'parent', 'name'})}")
-    return VAR(**{**PRESETS[name], **overrides})
+    return build_preset(VAR, PRESETS, name, overrides)
 
 
 def init_params(model: VAR, rng: jax.Array, batch_size: int = 1) -> dict:
