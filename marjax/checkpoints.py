@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from marjax.config.defaults import base_config
 from marjax.errors import DamagedCheckpoint, IncompatibleCheckpointError, TrainingDiverged
 
 DAMAGED_FOLDER = "damaged_checkpoints"
@@ -138,9 +139,12 @@ class RunCheckpoints:
                   for name in sorted(set(saved) | set(wanted)) if saved.get(name) != wanted.get(name)]
         old = self.saved_config(step)
         new = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
-        differing = [(section, key, old[section].get(key), value)
+        # A field added after the checkpoint was written counts as its default, which is the
+        # behaviour the checkpoint was trained with.
+        defaults = json.loads(json.dumps(base_config(config.get("task", "mar")).to_dict()))
+        differing = [(section, key, old[section].get(key, defaults[section].get(key)), value)
                      for section in ("model", "tokenizer", "data", "train") for key, value in new[section].items()
-                     if section in old and old[section].get(key) != value]
+                     if section in old and old[section].get(key, defaults[section].get(key)) != value]
         def must_match(section: str, key: str) -> bool:
             # grain's saved position has one entry per worker process: it restores only into as many.
             return (section == "model" and not may_change_on_resume(key)) or (

@@ -162,6 +162,19 @@ def test_resuming_refuses_another_model_or_optimizer_naming_the_fields(three_ste
     assert state["opt_state"] is None and float(state["params"]["w"][0, 0]) == 3.0
 
 
+def test_a_field_added_since_the_checkpoint_counts_as_its_default(three_steps):
+    """The checkpoints were saved before model.head existed: its default, "diffloss", is how they
+    were trained, so a config at the default resumes and one with another head is refused."""
+    checkpoints = RunCheckpoints(three_steps, read_only=True)
+    newer = ml_collections.ConfigDict(CONFIG.to_dict())
+    newer.model.head = "diffloss"
+    checkpoints.check_compatible(3, abstract_state(), newer)
+    newer.model.head = "softmax"
+    with pytest.raises(IncompatibleCheckpointError, match="model.head: checkpoint 'diffloss', this config 'softmax'"):
+        checkpoints.check_compatible(3, abstract_state(), newer)
+    checkpoints.close()
+
+
 def test_flat_images_are_refused_naming_their_source():
     flat = np.full((2, 4, 4, 3), 7, np.uint8)
     with pytest.raises(Exception, match="every image generated from checkpoint 9 .* one flat colour"):

@@ -70,7 +70,7 @@ def test_unknown_override_lists_valid_keys_with_a_suggestion():
     (("model", "encoder_heads", 3), "encoder_width=128 is not divisible"),
     (("tokenizer", "kind", "kl"), "needs its weights: pass --config.tokenizer.checkpoint"),
     (("tokenizer", "kind", "vq"), "MAR's DiffLoss head needs continuous tokens"),
-    (("tokenizer", "kind", "vae"), r"tokenizer.kind='vae'; choose one of \['pixels', 'kl', 'vq'\]"),
+    (("tokenizer", "kind", "vae"), r"tokenizer.kind='vae'; choose one of \['pixels', 'kl', 'vq', 'msvq'\]"),
     (("train", "log_every_steps", 0), "train.log_every_steps"),
     (("train", "mask_buckets", 6), r"train.mask_buckets must be in \[1, 5\] for 16 tokens"),
     (("train", "num_steps", 0), "train.num_steps must be >= 1"),
@@ -105,8 +105,8 @@ def test_old_spellings_name_their_replacement(override, message):
 
 def test_unknown_task_lists_the_registered_ones():
     config = load("digits.py")
-    config.task = "var"
-    with pytest.raises(ConfigError, match=r"task='var'; choose one of \['mar', 'tokenizer'\]"):
+    config.task = "maskgit"
+    with pytest.raises(ConfigError, match=r"task='maskgit'; choose one of \['ar', 'gpt', 'mar', 'tokenizer'"):
         check_config(config)
 
 

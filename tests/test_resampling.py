@@ -1,10 +1,11 @@
-"""Torch-equal `area` and `bicubic` resizing, checked against torch itself on VAR's scale sizes."""
+"""Torch-equal `area`, `bicubic` and `bilinear` resizing, checked against torch itself on VAR's scale sizes."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from marjax.tokenizers.resampling import area_matrix, area_resize, bicubic_matrix, bicubic_resize, resize
+from marjax.tokenizers.resampling import (area_matrix, area_resize, bicubic_matrix, bicubic_resize, bilinear_matrix,
+                                          bilinear_resize, resize)
 
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
@@ -15,7 +16,8 @@ def torch_interpolate(image: np.ndarray, size: int, mode: str) -> np.ndarray:
     return torch.nn.functional.interpolate(nchw, size=(size, size), mode=mode).numpy().transpose(0, 2, 3, 1)
 
 
-@pytest.mark.parametrize("mode, matrix", [("area", area_matrix), ("bicubic", bicubic_matrix)])
+@pytest.mark.parametrize("mode, matrix", [("area", area_matrix), ("bicubic", bicubic_matrix),
+                                          ("bilinear", bilinear_matrix)])
 def test_matrices_are_torchs_for_every_pair_of_sizes(mode, matrix):
     """torch resizing the n one-hot images (n, n, 1, 1) gives its (m, n) matrix, column by column."""
     for n in SIZES:
@@ -27,11 +29,14 @@ def test_matrices_are_torchs_for_every_pair_of_sizes(mode, matrix):
 
 
 @pytest.mark.parametrize("mode, source, target", [("area", 16, p) for p in SIZES] + [("area", 4, 3), ("area", 3, 5)]
-                         + [("bicubic", p, 16) for p in SIZES] + [("bicubic", 13, 6)])
+                         + [("bicubic", p, 16) for p in SIZES] + [("bicubic", 13, 6)]
+                         + [("bilinear", 16, p) for p in SIZES] + [("bilinear", 3, 8)])
 def test_images_match_torch(mode, source, target):
-    """2-D resizes as VAR uses them (area 16 -> p_k, bicubic p_k -> 16), and a few others."""
+    """2-D resizes as VAR uses them (area 16 -> p_k, bicubic p_k -> 16, an edit mask bilinear 16 -> p_k),
+    and a few others."""
     image = np.random.default_rng(source * 31 + target).standard_normal((2, source, source, 3)).astype(np.float32)
-    ours = {"area": area_resize, "bicubic": bicubic_resize}[mode](jnp.asarray(image), target)
+    resize_fn = {"area": area_resize, "bicubic": bicubic_resize, "bilinear": bilinear_resize}[mode]
+    ours = resize_fn(jnp.asarray(image), target)
     np.testing.assert_allclose(ours, torch_interpolate(image, target, mode), rtol=1e-5, atol=4e-6)
 
 

@@ -10,6 +10,7 @@ from marjax.models.masking import sampling_schedule
 from marjax.heads.diffloss import DiffLoss
 
 SETTINGS = dict(num_iter=4, num_diffusion_steps=5)
+NO_CHOICE = jnp.float32(0.0)  # the softmax head's choice temperature, unread by a DiffLoss model
 
 
 def test_same_rng_same_images_and_rng_matters(tiny_model, tiny_params):
@@ -28,11 +29,13 @@ def test_guidance_at_scale_one_equals_the_unguided_path(tiny_model, tiny_params)
     labels = jnp.array([4, 5])
     plain = sampler.generate(tiny_model, tiny_params, labels, jax.random.key(2), cfg=1.0, **SETTINGS)
     guided_fn = sampler._compiled_sampler(tiny_model, 4, 5, "linear", True, 2, False)
-    guided = guided_fn(tiny_params, labels, jax.random.key(2), jnp.float32(1.0), jnp.float32(1.0), None, None, None)
+    guided = guided_fn(tiny_params, labels, jax.random.key(2), jnp.float32(1.0), jnp.float32(1.0), None, None, None,
+                       NO_CHOICE)
     # An untrained denoiser makes the chain explode (values ~1e4), amplifying float32 noise from
     # the different batch shapes; any wrong combination is off by far more than 1e-3.
     np.testing.assert_allclose(guided, plain, rtol=1e-3, atol=1e-3)
-    stronger = guided_fn(tiny_params, labels, jax.random.key(2), jnp.float32(3.0), jnp.float32(1.0), None, None, None)
+    stronger = guided_fn(tiny_params, labels, jax.random.key(2), jnp.float32(3.0), jnp.float32(1.0), None, None, None,
+                         NO_CHOICE)
     assert not np.allclose(stronger, plain, rtol=1e-2)
 
 
@@ -77,7 +80,8 @@ def test_segments_fit_their_steps_and_change_nothing(tiny_model, tiny_params):
     slab = sampling_schedule(tiny_model.seq_len, 4).max_predicted
     noise = jax.random.normal(jax.random.key(9), (4, 6, 2, slab, tiny_model.token_dim))
     outs = [sampler._compiled_sampler(tiny_model, 4, 5, "linear", True, 2, False, n)(
-        tiny_params, labels, jax.random.key(0), jnp.float32(2.0), jnp.float32(1.0), None, noise, None) for n in (1, 4)]
+        tiny_params, labels, jax.random.key(0), jnp.float32(2.0), jnp.float32(1.0), None, noise, None, NO_CHOICE)
+        for n in (1, 4)]
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-3, atol=1e-3)
 
 

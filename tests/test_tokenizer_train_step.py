@@ -16,6 +16,7 @@ from marjax.tasks.registry import check_config
 from marjax.tasks.tokenizer_from_config import make_tokenizer
 from marjax.tokenizers.discriminator import PatchDiscriminator
 from marjax.tokenizers.kl import AutoencoderKL, KLTokenizer
+from marjax.tokenizers.msvq_vae import VQVAE
 from marjax.tokenizers.vq import VQModel
 
 
@@ -32,11 +33,13 @@ def digits_batch(n=16):
     return {"images": jnp.asarray(np.stack([source[i]["image"] for i in range(n)]), jnp.float32) / 127.5 - 1.0}
 
 
-@pytest.mark.parametrize("kind", ["kl", "vq"])
+@pytest.mark.parametrize("kind", ["kl", "vq", "msvq"])
 def test_reconstruction_falls_while_training_on_digits(kind):
     backbone = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), image_channels=1, resolution=16)
-    model = (AutoencoderKL(embed_dim=4, **backbone) if kind == "kl"
-             else VQModel(z_channels=32, codebook_size=64, code_dim=4, **backbone))
+    model = {"kl": lambda: AutoencoderKL(embed_dim=4, **backbone),
+             "vq": lambda: VQModel(z_channels=32, codebook_size=64, code_dim=4, **backbone),
+             "msvq": lambda: VQVAE(ch=32, ch_mult=(1, 2), num_res_blocks=1, codebook_size=64, code_dim=4,
+                                   patch_nums=(1, 2, 4, 8), image_channels=1)}[kind]()
     disc = PatchDiscriminator(ndf=16, num_layers=2)
     tx, disc_tx = optax.adam(2e-3, 0.5, 0.9), optax.adam(2e-3, 0.5, 0.9)
     batch = digits_batch()
@@ -57,11 +60,14 @@ def test_reconstruction_falls_while_training_on_digits(kind):
     first, last = history[0]["rec_loss"], np.mean([h["rec_loss"] for h in history[-5:]])
     assert last < 0.6 * first, (first, last)
     assert all(h["d_loss"] == 0.0 for h in history[:20]) and all(h["d_loss"] > 0.0 for h in history[20:])
-    assert all(np.isfinite(h["d_weight"]) and h["d_weight"] > 0 for h in history)
-    if kind == "vq":
-        assert 0 < history[-1]["codebook_usage"] <= 1 and history[-1]["perplexity"] >= 1
-    else:
+    assert all(h["d_weight"] == 0.0 for h in history[:20])  # not computed before disc_start
+    assert all(np.isfinite(h["d_weight"]) and h["d_weight"] > 0 for h in history[20:])
+    if kind == "kl":
         assert history[-1]["kl"] > 0
+    else:
+        assert 0 < history[-1]["codebook_usage"] <= 1 and history[-1]["perplexity"] >= 1
+    if kind == "msvq":
+        assert all(0 < history[-1][f"usage_s{k}"] <= 1 for k in range(4)) and history[-1]["vq_loss"] > 0
 
 
 def test_tokenizer_training_through_the_cli_checkpoints_and_resumes(tmp_path):

@@ -5,21 +5,24 @@ check_config` runs both.
 """
 import math
 import os
+from collections.abc import Mapping, Sequence
 
 import jax
 import ml_collections
 
+from marjax.config.defaults import base_config
 from marjax.config.loading import config_items
 from marjax.data.class_labels import sample_labels
 from marjax.errors import ConfigError
 from marjax.parallel.sharding import BATCH_AXES, validate_mesh
 
 CHOICES = {
-    "tokenizer.kind": ("pixels", "kl", "vq"),
+    "tokenizer.kind": ("pixels", "kl", "vq", "msvq"),
     "tokenizer.reconstruction": ("l1", "l2"),
     "data.source": ("tfds", "image_folder", "digits", "cached_latents"),
-    "train.lr_schedule": ("constant", "cosine"),
+    "train.lr_schedule": ("constant", "cosine", "lin0"),
     "sample.cfg_schedule": ("linear", "constant"),
+    "sample.choice": ("order", "confidence"),
     "eval.feature_network": ("inception", "digits"),
 }
 
@@ -78,3 +81,31 @@ def check_batch_split(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
         sizes = " x ".join(str(mesh.shape[axis]) for axis in BATCH_AXES)
         raise ConfigError(f"train.global_batch_size={config.train.global_batch_size} is not divisible by the mesh's "
                           f"{shards} batch shards (mesh.{' x mesh.'.join(BATCH_AXES)} = {sizes})")
+
+
+def check_fields(config: ml_collections.ConfigDict, choices: Mapping[str, Sequence] = (),
+                 at_least_one: Sequence[str] = (), divisible: Sequence[tuple[str, str]] = ()) -> None:
+    """ConfigError for the first field (dotted path) outside its `choices`, below 1 (`at_least_one`),
+    or a (numerator, denominator) pair of `divisible` that does not divide."""
+    values = dict(config_items(config))
+    for key, allowed in dict(choices).items():
+        if values[key] not in allowed:
+            raise ConfigError(f"{key}={values[key]!r}; choose one of {list(allowed)}")
+    for key in at_least_one:
+        if values[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, got {values[key]}")
+    for numerator, denominator in divisible:
+        if values[numerator] % values[denominator]:
+            raise ConfigError(f"{numerator}={values[numerator]} is not divisible by {denominator}={values[denominator]}")
+
+
+def check_unused(config: ml_collections.ConfigDict, keys: Sequence[str], why: str) -> None:
+    """ConfigError naming the fields of `keys` (dotted paths) set away from their default for
+    `config.task`: they would have no effect, and a silently ignored setting misleads. `why` says
+    what the task uses instead."""
+    defaults = dict(config_items(base_config(config.task)))
+    values = dict(config_items(config))
+    changed = [f"{key}={values[key]!r}" for key in keys if values[key] != defaults[key]]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)} has no effect on task={config.task!r} ({why}); leave "
+                          f"{'it' if len(changed) == 1 else 'them'} at the default")

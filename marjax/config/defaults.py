@@ -12,11 +12,13 @@ from ml_collections import config_dict
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """The defaults: a MAR-L-sized transformer on ImageNet-256 KL-16 latents, reference recipe."""
+def base_config(task: str = "mar") -> ml_collections.ConfigDict:
+    """The defaults of a `task`'s run: the shared sections and that family's `model` section
+    (`MODEL_SECTIONS`; MAR's for "mar" and "tokenizer"). For MAR: a MAR-L-sized transformer on
+    ImageNet-256 KL-16 latents, reference recipe."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = "mar"                    # a key of marjax.tasks.registry.TASKS: "mar" | "tokenizer"
+    c.task = task                     # a key of marjax.tasks.registry.TASKS: "mar" | "ar" | "gpt" | "var" | "tokenizer"
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "tfds"            # "tfds" | "image_folder" | "digits" | "cached_latents"
@@ -34,7 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # What the model's tokens are, and (task="tokenizer") the autoencoder a tokenizer run trains.
     c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.kind = "kl"           # "pixels" (pixel-patch tokens) | "kl" (continuous latents) | "vq" (codes)
+    # "pixels" (pixel-patch tokens) | "kl" (continuous latents) | "vq" (codes) | "msvq" (VAR's codes per scale)
+    c.tokenizer.kind = "kl"
     # kl/vq weights: a directory written by `python -m marjax.convert --kind=kl16`, or the workdir of a
     # tokenizer run (task="tokenizer"; the EMA params of its latest checkpoint)
     c.tokenizer.checkpoint = ""
@@ -50,6 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.tokenizer.codebook_size = 16384
     c.tokenizer.code_dim = 8
     c.tokenizer.l2_normalize = True
+    c.tokenizer.decoder_attn_levels = ()  # vq: up-path levels with attention (LlamaGen: the lowest, len(ch_mult) - 1)
+    # msvq (VAR's multi-scale residual VQ; codebook_size x code_dim codes on ch/ch_mult/num_res_blocks):
+    c.tokenizer.patch_nums = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # token-map side per scale, the last = image / stride
+    c.tokenizer.num_phis = 4          # shared Phi convs (VAR's share_quant_resi)
+    c.tokenizer.phi_ratio = 0.5       # Phi's residual mix (VAR's quant_resi)
     # Training losses of a task="tokenizer" run.
     c.tokenizer.reconstruction = "l1"  # "l1" | "l2"
     c.tokenizer.kl_weight = 1e-6
@@ -61,25 +69,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.tokenizer.perceptual_weight = 0.0  # LPIPS weight; > 0 without the two files below: a warning, no LPIPS
     c.tokenizer.lpips_vgg16 = ""      # torchvision's VGG-16 weights (vgg16-397923af.pth)
     c.tokenizer.lpips_lin = ""        # LPIPS linear layers (vgg.pth of the lpips package)
+    c.tokenizer.disc_adaptive_weight = True  # False: the adversarial weight is disc_weight alone (LlamaGen's VQ recipe)
+    # msvq: every this many steps, codes counted below dead_code_threshold x a uniform share of a step's
+    # positions are re-initialised from the batch's residuals (0: never; VAR has no such step)
+    c.tokenizer.dead_code_every = 0
+    c.tokenizer.dead_code_threshold = 0.03
 
-    c.model = ml_collections.ConfigDict()
-    c.model.patch_size = 1
-    c.model.encoder_width = 1024
-    c.model.encoder_depth = 16
-    c.model.encoder_heads = 16
-    c.model.decoder_width = 1024
-    c.model.decoder_depth = 16
-    c.model.decoder_heads = 16
-    c.model.mlp_ratio = 4.0
-    c.model.buffer_size = 64
-    c.model.attn_dropout = 0.1
-    c.model.proj_dropout = 0.1
-    c.model.diffloss_depth = 3
-    c.model.diffloss_width = 1024
-    c.model.dtype = "float32"         # compute dtype: "float32" | "bfloat16" (params stay fp32)
-    c.model.attention_impl = config_dict.placeholder(str)  # None: XLA; "cudnn" on GPUs
-    c.model.remat = "none"            # recompute each block in the backward pass: "none" | "full" | "dots"
-    c.model.scan_layers = False       # each block group as one nn.scan over stacked params: one block to compile
+    c.model = MODEL_SECTIONS["mar" if task == "tokenizer" else task]()
 
     c.train = ml_collections.ConfigDict()
     c.train.global_batch_size = 2048
@@ -87,7 +83,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.num_steps = config_dict.placeholder(int)  # set: overrides num_epochs
     c.train.warmup_epochs = 100.0
     c.train.base_lr = 1e-4            # lr = base_lr * global_batch_size / 256, as the reference
-    c.train.lr_schedule = "constant"  # "constant" | "cosine"
+    # "constant" | "cosine" (to min_lr) | "lin0" (VAR: warmup from 0.005 x peak, flat 5% of the rest, linear to min_lr)
+    c.train.lr_schedule = "constant"
     c.train.min_lr = 0.0
     c.train.weight_decay = 0.02
     c.train.b1 = 0.9
@@ -95,7 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.grad_clip = 3.0
     c.train.ema_rate = 0.9999
     c.train.mask_ratio_min = 0.7
-    c.train.label_drop_prob = 0.1
+    c.train.label_drop_prob = 0.1       # labels replaced by the null class (for CFG); GPT and VAR: their class dropout
+    c.train.label_smoothing = 0.0       # cross-entropy heads (softmax AR, GPT, VAR)
     c.train.diffusion_batch_mul = 4
     # Static shapes for the mask count: 1 pads the encoder to the most known tokens; n > 1 cuts
     # the count's range into n buckets, each compiled with fitted encoder slots and DiffLoss
@@ -113,12 +111,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample.classes = ""             # "" : balanced over all classes; else e.g. "207,360,387"
     c.sample.batch_size = 64
     c.sample.num_iter = 64
-    c.sample.cfg = 1.0
+    # The guidance scale, 1.0 = none; task "var" reads VAR's own cfg (t = cfg k / (K - 1) at scale k), 0.0 = none.
+    c.sample.cfg = 0.0 if task == "var" else 1.0
     c.sample.cfg_schedule = "linear"  # "linear" | "constant"
     c.sample.temperature = 1.0
     c.sample.num_diffusion_steps = 100
     c.sample.clip_denoised = False    # clip x_0 predictions to [-1, 1]: pixel models (not the reference's latents)
     c.sample.use_ema = True
+    c.sample.choice = "order"         # MAR's softmax head: keep tokens by the random "order" or by "confidence" (MaskGIT)
+    c.sample.choice_temperature = 4.5  # "confidence": the Gumbel noise's scale at the first step (MaskGIT's)
+    c.sample.top_k = 0                # softmax heads (AR, GPT, VAR): 0 = off
+    c.sample.top_p = 1.0              # softmax heads: 1.0 = off
+    c.sample.cfg_interval = -1        # GPT (LlamaGen's): guide tokens up to this index only; -1 = every token
+    c.sample.more_smooth = False      # VAR: Gumbel-softmax smoothing of the f_hat of sampled scales (visual only)
     c.sample.seed = 0
     c.sample.step = config_dict.placeholder(int)  # None: the latest checkpoint
 
@@ -146,3 +151,93 @@ def base_config() -> ml_collections.ConfigDict:
                     ("conv_out", "fsdp"), ("conv_in", "fsdp"), ("codes", "fsdp"))
     return c
 
+
+def mar_model() -> ml_collections.ConfigDict:
+    """MAR's `model` section (`marjax.models.mar.MAR`): MAR-L's sizes."""
+    m = ml_collections.ConfigDict()
+    m.patch_size = 1
+    m.encoder_width = 1024
+    m.encoder_depth = 16
+    m.encoder_heads = 16
+    m.decoder_width = 1024
+    m.decoder_depth = 16
+    m.decoder_heads = 16
+    m.mlp_ratio = 4.0
+    m.buffer_size = 64
+    m.attn_dropout = 0.1
+    m.proj_dropout = 0.1
+    m.diffloss_depth = 3
+    m.diffloss_width = 1024
+    m.dtype = "float32"         # compute dtype: "float32" | "bfloat16" (params stay fp32)
+    m.attention_impl = config_dict.placeholder(str)  # None: XLA; "cudnn" on GPUs
+    m.remat = "none"            # recompute each block in the backward pass: "none" | "full" | "dots"
+    m.scan_layers = False       # each block group as one nn.scan over stacked params: one block to compile
+    m.head = "diffloss"         # "diffloss" (continuous tokens) | "softmax" (VQ codes: the paper's CrossEnt column)
+    return m
+
+
+def ar_model() -> ml_collections.ConfigDict:
+    """The causal AR baseline's `model` section (`marjax.models.ar.AR`): MAR-L's width, depth 32. The
+    token grid and the softmax head's vocabulary follow from the data and the tokenizer."""
+    m = ml_collections.ConfigDict()
+    m.patch_size = 1
+    m.width = 1024
+    m.depth = 32
+    m.num_heads = 16
+    m.mlp_ratio = 4.0
+    m.order = "raster"          # "raster" | "random" (adds the embedding of the position to predict)
+    m.head = "diffloss"         # "diffloss" (continuous tokens: pixels, kl) | "softmax" (codes: vq)
+    m.attn_dropout = 0.1
+    m.proj_dropout = 0.1
+    m.diffloss_depth = 3
+    m.diffloss_width = 1024
+    m.dtype = "float32"
+    m.attention_impl = config_dict.placeholder(str)
+    m.remat = "none"
+    m.scan_layers = False
+    return m
+
+
+def gpt_model() -> ml_collections.ConfigDict:
+    """VQ-GPT's `model` section (`marjax.models.gpt.GPT`, LlamaGen's ModelArgs): GPT-B. The class
+    dropout (and with it the null class) is `train.label_drop_prob`."""
+    m = ml_collections.ConfigDict()
+    m.width = 768
+    m.depth = 12
+    m.num_heads = 12
+    m.num_kv_heads = config_dict.placeholder(int)  # None: one K/V head per query head
+    m.multiple_of = 256
+    m.ffn_dim_multiplier = config_dict.placeholder(float)
+    m.rope_base = 10000.0
+    m.norm_eps = 1e-5
+    m.token_dropout = 0.1
+    m.attn_dropout = 0.0
+    m.resid_dropout = 0.1
+    m.ffn_dropout = 0.1
+    m.drop_path_rate = 0.0
+    m.dtype = "float32"
+    m.attention_impl = config_dict.placeholder(str)
+    return m
+
+
+def var_model() -> ml_collections.ConfigDict:
+    """VAR's `model` section (`marjax.models.var.VAR`): VAR-d16. The scales are `tokenizer.patch_nums`,
+    the class dropout `train.label_drop_prob`."""
+    m = ml_collections.ConfigDict()
+    m.width = 1024
+    m.depth = 16
+    m.num_heads = 16
+    m.mlp_ratio = 4.0
+    m.drop_path_rate = 0.1 * 16 / 24
+    m.attn_l2_norm = True
+    m.shared_aln = False
+    m.init_adaln = 0.5
+    m.init_adaln_gamma = 1e-5
+    m.init_head = 0.02
+    m.init_std = config_dict.placeholder(float)  # None: sqrt(1 / (3 width))
+    m.dtype = "float32"
+    m.attention_impl = config_dict.placeholder(str)
+    return m
+
+
+MODEL_SECTIONS = {"mar": mar_model, "ar": ar_model, "gpt": gpt_model, "var": var_model}

@@ -34,13 +34,19 @@ class SoftmaxHead(nn.Module):
         return logits.astype(jnp.float32)
 
 
-def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+def token_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
     """Per-position cross-entropy -log softmax(logits)[target] in float32: logits (..., V), targets (...) int
-    -> (...). An out-of-range (or negative) target gives NaN rather than a silently wrong loss."""
+    -> (...). An out-of-range (or negative) target gives NaN rather than a silently wrong loss.
+
+    label_smoothing s: torch's CrossEntropyLoss(label_smoothing=s), the target (1 - s) one-hot + s / V
+    uniform, i.e. (1 - s) nll + s mean_v(-log p_v)."""
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     picked = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1, mode="fill",
                                  wrap_negative_indices=False)
-    return -picked[..., 0]
+    nll = -picked[..., 0]
+    if label_smoothing == 0.0:
+        return nll
+    return (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_probs, axis=-1)
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array | None = None) -> jax.Array:

@@ -9,6 +9,10 @@ Static shapes: the number of known tokens varies per step, so the encoder takes 
 `num_keep_max` and processes the known tokens compacted to the front of a fixed-size array,
 padding keys masked out of attention. Rows past a sample's count never reach the decoder.
 
+Heads: "diffloss" (the reference) on continuous tokens; "softmax", the MAR paper's CrossEnt
+column (MaskGIT-like): integer VQ codes embedded in place of `z_proj`, logits over the codebook
+(a Linear, xavier-uniform like every other of MAR's) and cross-entropy on the masked positions.
+
 Layouts: latents are NHWC (B, H, W, C); tokens are (B, L, C*p*p) with the reference's inner
 order (c, p, q) and tokens row-major over the (H/p, W/p) grid. `mask` is (B, L) bool, True
 where a token is unknown (to predict).
@@ -26,12 +30,15 @@ import jax
 import jax.numpy as jnp
 
 from marjax.blocks.block_stack import make_blocks, run_blocks
-from marjax.blocks.layers import Dtype, dense, layer_norm, named
+from marjax.blocks.layers import Dtype, dense, layer_norm, named, xavier_uniform
 from marjax.blocks.transformer import Block
 from marjax.heads.diffloss import DiffLoss
+from marjax.heads.softmax import SoftmaxHead, cross_entropy, token_cross_entropy
 from marjax.models.common import PatchTokenGrid, build_preset
 
 normal_002 = nn.initializers.normal(0.02)
+
+HEADS = ("diffloss", "softmax")
 
 # The transformer block groups; with `scan_layers` each is one stacked entry (`block_stack`).
 BLOCK_GROUPS = ("encoder_blocks", "decoder_blocks")
@@ -74,13 +81,21 @@ class MAR(PatchTokenGrid, nn.Module):
     attention_impl: str | None = None
     remat: str = "none"  # a key of block_stack.REMAT_POLICIES: "none" | "full" | "dots"
     scan_layers: bool = False  # blocks as one nn.scan over stacked params (see block_stack)
+    head: str = "diffloss"  # "diffloss" (continuous tokens) or "softmax" (codes)
+    vocab_size: int = 16384  # the softmax head's codebook
 
     def setup(self):
+        if self.head not in HEADS:
+            raise ValueError(f"MAR head {self.head!r}: choose one of {HEADS}")
         enc, dec, rows = self.encoder_width, self.decoder_width, self.buffer_size + self.seq_len
         self.class_emb = nn.Embed(self.num_classes, enc, embedding_init=named(normal_002, "classes", "embed"),
                                   name="class_emb")
         self.fake_latent = self.param("fake_latent", named(normal_002, None, "embed"), (1, enc))
-        self.z_proj = dense(enc, "z_proj", self.dtype, axes=("token", "embed"))
+        if self.head == "diffloss":
+            self.z_proj = dense(enc, "z_proj", self.dtype, axes=("token", "embed"))
+        else:
+            self.code_emb = nn.Embed(self.vocab_size, enc, self.dtype,
+                                     embedding_init=named(normal_002, "codes", "embed"))
         self.z_proj_ln = layer_norm("z_proj_ln", self.dtype)
         position_init = named(normal_002, None, "seq", "embed")
         self.encoder_pos_embed_learned = self.param("encoder_pos_embed_learned", position_init, (1, rows, enc))
@@ -95,8 +110,11 @@ class MAR(PatchTokenGrid, nn.Module):
         self.diffusion_pos_embed_learned = self.param(
             "diffusion_pos_embed_learned", position_init, (1, self.seq_len, dec))
 
-        self.diffloss = DiffLoss(self.token_dim, self.diffloss_width, self.diffloss_depth, self.dtype,
-                                 name="diffloss")
+        if self.head == "diffloss":
+            self.diffloss = DiffLoss(self.token_dim, self.diffloss_width, self.diffloss_depth, self.dtype,
+                                     name="diffloss")
+        else:
+            self.softmax = SoftmaxHead(self.vocab_size, self.dtype, use_bias=True, kernel_init=xavier_uniform)
 
     def _blocks(self, heads: int, depth: int, group: str) -> Block | list[Block]:
         return make_blocks(lambda name: Block(heads, self.mlp_ratio, self.attn_dropout, self.proj_dropout,
@@ -112,14 +130,15 @@ class MAR(PatchTokenGrid, nn.Module):
         """The MAE encoder on the buffer rows and the known tokens.
 
         Args:
-          tokens: (B, L, token_dim). mask: (B, L) bool, True = unknown. class_embedding: (B, D).
+          tokens: (B, L, token_dim) float, or (B, L) int codes (softmax head). mask: (B, L) bool,
+            True = unknown. class_embedding: (B, D).
           num_keep_max: static upper bound on the number of known tokens per sample.
         Returns:
           (B, buffer + num_keep_max, D): buffer rows, then the known tokens in ascending position
           order; rows past a sample's known count are padding.
         """
         b = tokens.shape[0]
-        x = self.z_proj(tokens)
+        x = self.z_proj(tokens) if self.head == "diffloss" else self.code_emb(tokens)
         buffer = jnp.broadcast_to(class_embedding[:, None, :].astype(x.dtype), (b, self.buffer_size, x.shape[-1]))
         x = self.z_proj_ln(jnp.concatenate([buffer, x], axis=1) + self.encoder_pos_embed_learned)
         # A stable argsort of the mask puts the known tokens first, in ascending position order.
@@ -165,6 +184,10 @@ class MAR(PatchTokenGrid, nn.Module):
         with each row conditioning k consecutive rows of x -> (N, 2*token_dim) fp32."""
         return self.diffloss(x, t, z).astype(jnp.float32)
 
+    def logits(self, z: jax.Array) -> jax.Array:
+        """The softmax head: z (..., D_dec) -> (..., vocab_size) float32."""
+        return self.softmax(z)
+
     def sample_tokens(self, z: jax.Array, noise_fn, temperature: jax.Array, cfg_scale: jax.Array | None,
                       num_diffusion_steps: int, clip_denoised: bool = False) -> jax.Array:
         """Tokens (N, token_dim) for conditions z (N, D_dec), or (2N, D_dec) = [cond; uncond] with
@@ -172,7 +195,7 @@ class MAR(PatchTokenGrid, nn.Module):
         return self.diffloss.sample(z, noise_fn, temperature, cfg_scale, num_diffusion_steps, clip_denoised)
 
     def __call__(self, tokens: jax.Array, labels: jax.Array, mask: jax.Array, drop_label: jax.Array,
-                 t: jax.Array, noise: jax.Array, num_keep_max: int, num_masked_max: int | None = None,
+                 t: jax.Array | None, noise: jax.Array | None, num_keep_max: int, num_masked_max: int | None = None,
                  deterministic: bool = True, batch_sharding: jax.sharding.Sharding | None = None,
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The training loss with all randomness given.
@@ -191,9 +214,16 @@ class MAR(PatchTokenGrid, nn.Module):
         Returns:
           (loss, terms): loss = sum(row_loss * mask) / sum(mask) over the tiled rows; terms holds
           the per-row "mse", "vb" and "loss" (N,), 0 at the rows of positions not computed.
+
+        The softmax head: tokens (B, L) int codes, t and noise None; loss = the mean cross-entropy
+        over the masked positions (all L computed; num_masked_max unused), terms {"loss": (B*L,)}.
         """
-        b, seq_len, token_dim = tokens.shape
         z = self.condition(tokens, mask, labels, drop_label, num_keep_max, deterministic, batch_sharding)
+        if self.head == "softmax":
+            logits = self.logits(z)
+            loss = cross_entropy(logits, tokens, mask)
+            return loss, {"loss": jnp.where(mask, token_cross_entropy(logits, tokens), 0.0).reshape(-1)}
+        b, seq_len, token_dim = tokens.shape
         mul = t.shape[0] // (b * seq_len)
         t, noise = t.reshape(mul, b, seq_len), noise.reshape(mul, b, seq_len, token_dim)
         if num_masked_max is not None and num_masked_max < seq_len:
@@ -240,10 +270,13 @@ def init_params(model: MAR, rng: jax.Array, batch_size: int = 1) -> dict:
 
 def init_boxed_params(model: MAR, rng: jax.Array, batch_size: int = 1) -> dict:
     """`init_params` with each param boxed with its logical axis names (`nn.LogicallyPartitioned`)."""
-    tokens = jnp.zeros((batch_size, model.seq_len, model.token_dim), jnp.float32)
     labels = jnp.zeros((batch_size,), jnp.int32)
     mask = jnp.zeros((batch_size, model.seq_len), bool)
     rows = batch_size * model.seq_len
+    if model.head == "softmax":
+        return model.init(rng, jnp.zeros((batch_size, model.seq_len), jnp.int32), labels, mask,
+                          jnp.zeros((batch_size,), bool), None, None, num_keep_max=model.seq_len)["params"]
+    tokens = jnp.zeros((batch_size, model.seq_len, model.token_dim), jnp.float32)
     return model.init(rng, tokens, labels, mask, jnp.zeros((batch_size,), bool),
                       jnp.zeros((rows,), jnp.int32), jnp.zeros((rows, model.token_dim)),
                       num_keep_max=model.seq_len)["params"]

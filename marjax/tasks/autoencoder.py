@@ -1,5 +1,5 @@
-"""The tokenizer task: train the autoencoder of `config.tokenizer` (KL or VQ) with its PatchGAN
-discriminator and, when its weight files are given, the LPIPS perceptual loss."""
+"""The tokenizer task: train the autoencoder of `config.tokenizer` (KL, VQ or VAR's multi-scale VQ)
+with its PatchGAN discriminator and, when its weight files are given, the LPIPS perceptual loss."""
 import functools
 from collections.abc import Sequence
 
@@ -15,11 +15,12 @@ from marjax.data.image_ops import to_model_range, to_uint8
 from marjax.errors import ConfigError
 from marjax.parallel.sharding import (batch_sharding, logical_axes, optimizer_shardings, param_shardings, replicated,
                                       with_shardings)
-from marjax.tasks.autoencoder_step import (TokenizerLoss, TokenizerTrainState, create_tokenizer_state,
-                                           init_boxed_tokenizer_variables, make_tokenizer_train_step)
+from marjax.tasks.autoencoder_step import (DeadCodes, MultiScaleVQTrainState, TokenizerLoss, TokenizerTrainState,
+                                           create_tokenizer_state, init_boxed_tokenizer_variables,
+                                           make_tokenizer_train_step)
 from marjax.tasks.base import Task, TaskSpec
 from marjax.tasks.recipe import schedule_from_config, step_plan
-from marjax.tasks.tokenizer_from_config import autoencoder_from_config
+from marjax.tasks.tokenizer_from_config import autoencoder_from_config, check_msvq_image_size
 from marjax.tokenizers.discriminator import PatchDiscriminator
 from marjax.tokenizers.kl import AutoencoderKL
 from marjax.tokenizers.lpips import LPIPS, load_lpips
@@ -28,8 +29,22 @@ from marjax.tokenizers.lpips import LPIPS, load_lpips
 def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> None:
     """Raises ConfigError when the tokenizer section does not describe an autoencoder to train."""
     del weights  # a tokenizer run reads no weights but the perceptual network's (checked with the shared fields)
-    if config.tokenizer.kind == "pixels":
-        raise ConfigError("task='tokenizer' trains an autoencoder: set tokenizer.kind to 'kl' or 'vq'")
+    v = config.tokenizer
+    if v.kind == "pixels":
+        raise ConfigError("task='tokenizer' trains an autoencoder: set tokenizer.kind to 'kl', 'vq' or 'msvq'")
+    check_msvq_image_size(config)
+    dead = _dead_codes(v)
+    if dead.every < 0 or dead.threshold < 0:
+        raise ConfigError(f"tokenizer.dead_code_every={dead.every} and tokenizer.dead_code_threshold={dead.threshold} "
+                          f"must be >= 0")
+    if dead.every and v.kind != "msvq":
+        raise ConfigError(f"tokenizer.dead_code_every={dead.every}: reviving dead codes is for tokenizer.kind='msvq' "
+                          f"only (it reads VAR's per-scale code counts), not {v.kind!r}")
+
+
+def _dead_codes(tokenizer: ml_collections.ConfigDict) -> DeadCodes:
+    """The dead-code remedy of the tokenizer section (off unless tokenizer.dead_code_every > 0)."""
+    return DeadCodes(every=tokenizer.dead_code_every, threshold=tokenizer.dead_code_threshold)
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_records: int,
@@ -40,9 +55,9 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
     model = autoencoder_from_config(config)
     disc = PatchDiscriminator(v.disc_ndf, v.disc_layers)
     schedule = schedule_from_config(config, step_plan(config, num_records))
-    tx = optax.chain(optax.clip_by_global_norm(t.grad_clip), optax.adam(schedule, t.b1, t.b2)) if t.grad_clip \
-        else optax.adam(schedule, t.b1, t.b2)
-    disc_tx = optax.adam(schedule, t.b1, t.b2)
+    adam = optax.adam(schedule, t.b1, t.b2)
+    tx = optax.chain(optax.clip_by_global_norm(t.grad_clip), adam) if t.grad_clip else adam
+    disc_tx = tx  # the same recipe for the discriminator: LlamaGen's VQ training clips both nets
     example = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels))
     init = functools.partial(create_tokenizer_state, model, disc, tx, disc_tx, example)
     shapes = jax.eval_shape(init, jax.random.key(0))
@@ -51,8 +66,9 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
     lpips, lpips_params = _lpips(v)
     loss = TokenizerLoss(reconstruction=v.reconstruction, kl_weight=v.kl_weight, codebook_weight=v.codebook_weight,
                          disc_weight=v.disc_weight, disc_start=v.disc_start,
-                         perceptual_weight=v.perceptual_weight if lpips_params is not None else 0.0)
-    step = make_tokenizer_train_step(model, disc, tx, disc_tx, loss, t.ema_rate, lpips)
+                         perceptual_weight=v.perceptual_weight if lpips_params is not None else 0.0,
+                         disc_adaptive_weight=v.disc_adaptive_weight)
+    step = make_tokenizer_train_step(model, disc, tx, disc_tx, loss, t.ema_rate, lpips, _dead_codes(v))
     count = min(t.num_grid_samples, len(source or ()))
 
     @jax.jit
@@ -92,11 +108,14 @@ def _tokenizer_shardings(shapes: TokenizerTrainState, model: nn.Module, disc: Pa
     rules, min_size = mesh_config.rules, mesh_config.fsdp_min_size
     params = param_shardings(names, shapes.params, mesh, rules, min_size)
     disc_params = param_shardings(disc_names["params"], shapes.disc_params, mesh, rules, min_size)
-    return TokenizerTrainState(
+    shardings = shapes.replace(
         step=replicated(mesh), params=params, ema_params=params["model"],
         opt_state=optimizer_shardings(tx, shapes.opt_state, params, mesh), disc_params=disc_params,
         disc_stats=jax.tree.map(lambda _: replicated(mesh), shapes.disc_stats),
         disc_opt_state=optimizer_shardings(disc_tx, shapes.disc_opt_state, disc_params, mesh))
+    if isinstance(shardings, MultiScaleVQTrainState):
+        shardings = shardings.replace(code_hits=replicated(mesh))
+    return shardings
 
 
 def _lpips(tokenizer: ml_collections.ConfigDict) -> tuple[LPIPS, dict | None]:

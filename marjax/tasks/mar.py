@@ -12,20 +12,20 @@ import ml_collections
 import numpy as np
 
 from marjax.blocks.block_stack import REMAT_POLICIES
+from marjax.config.checks import check_fields, check_unused
 from marjax.config.defaults import base_config
-from marjax.data.class_labels import sample_labels
 from marjax.data.image_ops import to_uint8
 from marjax.errors import ConfigError
-from marjax.models.mar import PRESETS, MAR, init_boxed_params, init_params
+from marjax.models.mar import HEADS, PRESETS, MAR, init_boxed_params, init_params
 from marjax.models.masking import mask_count_buckets
 from marjax.parallel.sharding import batch_sharding
 from marjax.sampling.masked import generate
 from marjax.tasks.base import Task, TaskSpec
-from marjax.tasks.generation import generate_images
+from marjax.tasks.generator_task import generator_task
 from marjax.tasks.mar_step import make_train_step, weight_decay_mask
 from marjax.tasks.recipe import optimizer_from_config, step_plan
+from marjax.tasks.token_batches import latents_of_batch
 from marjax.tasks.tokenizer_from_config import check_available, make_tokenizer, tokenizer_spec
-from marjax.tasks.train_state import TrainState, create_train_state, state_layout
 
 
 def imagenet_mar_config(preset: str, cfg: float) -> ml_collections.ConfigDict:
@@ -45,36 +45,46 @@ def imagenet_mar_config(preset: str, cfg: float) -> ml_collections.ConfigDict:
 
 
 def model_from_config(config: ml_collections.ConfigDict) -> MAR:
-    """The MAR module of `config.model`, its token grid derived from the image size and tokenizer."""
+    """The MAR module of `config.model`, its token grid derived from the image size and tokenizer:
+    continuous tokens of its channels (DiffLoss) or its codebook (softmax)."""
     spec = tokenizer_spec(config)
     fields = dict(config.model)
     fields["dtype"] = jnp.dtype(fields["dtype"])
-    return MAR(latent_size=config.data.image_size // spec.stride, latent_channels=spec.channels,
-               num_classes=config.data.num_classes, **fields)
+    return MAR(latent_size=config.data.image_size // spec.stride, latent_channels=spec.channels or 1,
+               vocab_size=spec.codebook_size or 1, num_classes=config.data.num_classes, **fields)
 
 
 def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> None:
     """Raises ConfigError for MAR settings that cannot run; with `weights`, also when the
     tokenizer's weights are not there."""
     m = config.model
-    for key, value in (("model.patch_size", m.patch_size), ("train.diffusion_batch_mul", config.train.diffusion_batch_mul),
-                       ("sample.num_iter", config.sample.num_iter),
-                       ("sample.num_diffusion_steps", config.sample.num_diffusion_steps)):
-        if value < 1:
-            raise ConfigError(f"{key} must be >= 1, got {value}")
+    check_fields(config, choices={"model.dtype": ("float32", "bfloat16"), "model.remat": tuple(REMAT_POLICIES),
+                                  "model.head": HEADS},
+                 at_least_one=("model.patch_size", "train.diffusion_batch_mul", "sample.num_iter",
+                               "sample.num_diffusion_steps"),
+                 divisible=(("model.encoder_width", "model.encoder_heads"),
+                            ("model.decoder_width", "model.decoder_heads")))
     if not 0.0 < config.train.mask_ratio_min <= 1.0:
         raise ConfigError(f"train.mask_ratio_min={config.train.mask_ratio_min}: the smallest masked fraction lies in "
                           f"(0, 1]")
-    for key, choices in (("dtype", ("float32", "bfloat16")), ("remat", tuple(REMAT_POLICIES))):
-        if m[key] not in choices:
-            raise ConfigError(f"model.{key}={m[key]!r}; choose one of {list(choices)}")
-    for width, heads in (("encoder_width", "encoder_heads"), ("decoder_width", "decoder_heads")):
-        if m[width] % m[heads]:
-            raise ConfigError(f"model.{width}={m[width]} is not divisible by model.{heads}={m[heads]}")
+    check_unused(config, ("sample.top_k", "sample.top_p", "sample.cfg_interval", "sample.more_smooth",
+                          "train.label_smoothing"), "MAR samples with sample.temperature and sample.cfg")
     spec = tokenizer_spec(config)
-    if spec.discrete:
-        raise ConfigError("MAR's DiffLoss head needs continuous tokens: tokenizer.kind must be 'pixels' or 'kl', "
-                          f"got {config.tokenizer.kind!r}")
+    if m.head == "softmax":
+        if not spec.discrete:
+            raise ConfigError(f"model.head='softmax' predicts VQ codes: set tokenizer.kind='vq' (got "
+                              f"{config.tokenizer.kind!r}), or model.head='diffloss' for continuous tokens")
+        if m.patch_size != 1:
+            raise ConfigError(f"model.patch_size={m.patch_size}: a softmax head predicts one code per token; set "
+                              f"model.patch_size=1")
+        check_unused(config, ("train.diffusion_batch_mul", "sample.num_diffusion_steps", "sample.clip_denoised"),
+                     "the softmax head samples codes from its logits")
+    else:
+        if spec.discrete or config.tokenizer.kind == "msvq":
+            raise ConfigError("MAR's DiffLoss head needs continuous tokens: tokenizer.kind must be 'pixels' or 'kl', "
+                              f"got {config.tokenizer.kind!r} (or set model.head='softmax' for VQ codes)")
+        check_unused(config, ("sample.choice", "sample.choice_temperature"),
+                     "the DiffLoss head keeps the tokens of the random order")
     if weights:
         check_available(config)
     if config.data.source == "cached_latents" and config.tokenizer.kind != "kl":
@@ -94,8 +104,13 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
 def generate_latents(model: MAR, params: dict, labels: jax.Array, rng: jax.Array,
                      sample_config: ml_collections.ConfigDict, **known) -> jax.Array:
     """`sampling.masked.generate` with the sampler settings of `sample_config` (a config's
-    `sample` section); `known`: optional known_latents and known_mask."""
+    `sample` section); `known`: optional known_latents and known_mask. Latents (B, h, w, C), or
+    codes (B, h, w) with the softmax head."""
     s = sample_config
+    if model.head == "softmax":
+        return generate(model, params, labels, rng, num_iter=s.num_iter, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
+                        temperature=s.temperature, choice=s.choice, choice_temperature=s.choice_temperature,
+                        **known)
     return generate(model, params, labels, rng, num_iter=s.num_iter, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
                     temperature=s.temperature, num_diffusion_steps=s.num_diffusion_steps,
                     clip_denoised=s.clip_denoised, **known)
@@ -109,48 +124,31 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
     model = model_from_config(config)
     t = config.train
     tx, schedule = optimizer_from_config(config, step_plan(config, num_records), weight_decay_mask)
-    init = functools.partial(create_train_state, functools.partial(init_params, model), tx)
-    abstract_state, shardings = state_layout(functools.partial(init_params, model),
-                                             functools.partial(init_boxed_params, model), tx, mesh, config.mesh)
     mar_step = make_train_step(model, tx, schedule, mask_ratio_min=t.mask_ratio_min,
                                label_drop_prob=t.label_drop_prob, diffusion_batch_mul=t.diffusion_batch_mul,
                                ema_rate=t.ema_rate, mask_buckets=t.mask_buckets, batch_sharding=batch_sharding(mesh))
 
-    def train_step(state, batch, rng, frozen):
-        del frozen  # MAR reads nothing besides its state
-        return mar_step(state, batch, rng)
+    softmax = model.head == "softmax"
 
     def prepare_batch(batch: dict, key: jax.Array) -> dict:
-        if "moments" in batch:  # a latent cache: sample the stored posterior, as encoding would
-            latents = tokenizer().latents_from_moments(batch["moments"], key)
-        else:
-            latents = tokenizer().encode(batch["images"], key)
-        return {"latents": latents, "labels": batch["labels"]}
+        if softmax:
+            return {"codes": tokenizer().encode_codes(batch["images"]), "labels": batch["labels"]}
+        return {"latents": latents_of_batch(tokenizer(), batch, key), "labels": batch["labels"]}
 
     def abstract_batch(batch_size: int) -> dict:
         side, sharding = model.latent_size, batch_sharding(mesh)
-        return {"latents": jax.ShapeDtypeStruct((batch_size, side, side, model.latent_channels), np.float32,
-                                                sharding=sharding),
-                "labels": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharding)}
+        tokens = {"codes": jax.ShapeDtypeStruct((batch_size, side, side), np.int32, sharding=sharding)} if softmax \
+            else {"latents": jax.ShapeDtypeStruct((batch_size, side, side, model.latent_channels), np.float32,
+                                                  sharding=sharding)}
+        return {**tokens, "labels": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharding)}
 
     def generate_batch(params, labels: jax.Array, rng: jax.Array) -> jax.Array:
-        return to_uint8(tokenizer().decode(generate_latents(model, params, labels, rng, config.sample)))
+        tokens = generate_latents(model, params, labels, rng, config.sample)
+        return to_uint8(tokenizer().decode_codes(tokens) if softmax else tokenizer().decode(tokens))
 
-    grid_labels = sample_labels(t.num_grid_samples, config.data.num_classes)
-
-    def visualize(state, key):
-        return generate_images(generate_batch, state.ema_params, grid_labels, key, config.sample.batch_size), \
-            grid_labels
-
-    def state_from_params(params, ema_params) -> TrainState:
-        return TrainState(step=np.zeros((), np.int32), params=params, ema_params=ema_params,
-                          opt_state=tx.init(params))
-
-    return Task(name="mar", abstract_state=abstract_state, shardings=shardings, init=init, step=train_step,
-                prepare_batch=prepare_batch, abstract_batch=abstract_batch, visualize=visualize,
-                generate=generate_batch, generation_params=lambda state, use_ema: state.ema_params if use_ema
-                else state.params, state_from_params=state_from_params,
-                num_params=sum(x.size for x in jax.tree.leaves(abstract_state.params)))
+    return generator_task("mar", config, mesh, functools.partial(init_params, model),
+                          functools.partial(init_boxed_params, model), tx, mar_step, prepare_batch, abstract_batch,
+                          generate_batch)
 
 
 SPEC = TaskSpec(check_config=check_config, build=build)

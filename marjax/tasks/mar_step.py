@@ -15,7 +15,6 @@ cosine (`marjax.tasks.recipe`), EMA of the params updated every step from step 0
 import functools
 from typing import Any, Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -24,6 +23,7 @@ from marjax.heads.diffusion import NUM_TRAIN_TIMESTEPS
 from marjax.models.common import patchify
 from marjax.models.mar import BLOCK_GROUPS, MAR
 from marjax.models.masking import bucket_index, mask_count_buckets, mask_from_orders, sample_num_masked, sample_orders
+from marjax.tasks.recipe import matrix_decay_mask
 from marjax.tasks.train_state import TrainState, ema_update
 
 Batch = dict[str, jax.Array]
@@ -32,13 +32,8 @@ Metrics = dict[str, jax.Array]
 
 def weight_decay_mask(params: Any) -> Any:
     """True where AdamW decays: >= 2-D params outside the DiffLoss MLP (embeddings included);
-    biases, LayerNorm params and every DiffLoss param are not decayed, as in the reference.
-    Params of a stacked block group (`scan_layers`) count one layer's dimensions, so a stacked
-    LayerNorm scale (depth, D) is not decayed either."""
-    flat = flax.traverse_util.flatten_dict(params)
-    return flax.traverse_util.unflatten_dict(
-        {path: (leaf.ndim - (path[0] in BLOCK_GROUPS) >= 2 and "diffloss" not in path)
-         for path, leaf in flat.items()})
+    biases, LayerNorm params and every DiffLoss param are not decayed, as in the reference."""
+    return matrix_decay_mask(params, BLOCK_GROUPS, exempt=("diffloss",))
 
 
 def make_train_step(model: MAR, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
@@ -49,7 +44,8 @@ def make_train_step(model: MAR, tx: optax.GradientTransformation, schedule: opta
     """Builds `train_step(state, batch, rng) -> (state, metrics)`.
 
     batch: {"latents": (B, H, W, C) float in model space (scaled VAE latents, or pixels in
-    [-1, 1] for a pixel-space model), "labels": (B,) int}.
+    [-1, 1] for a pixel-space model), "labels": (B,) int}; with the softmax head {"codes": (B, h, w)
+    or (B, L) int VQ codes, "labels"} instead (the cross-entropy on the masked codes).
     metrics: loss, grad_norm, lr, param_norm, mask_ratio (scalars).
     """
     seq_len, token_dim = model.seq_len, model.token_dim
@@ -58,15 +54,20 @@ def make_train_step(model: MAR, tx: optax.GradientTransformation, schedule: opta
     def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(rng, state.step)
         order_key, ratio_key, drop_key, t_key, noise_key, dropout_key = jax.random.split(rng, 6)
-        tokens = patchify(batch["latents"].astype(jnp.float32), model.patch_size)
+        if model.head == "softmax":
+            tokens = batch["codes"].reshape(batch["codes"].shape[0], seq_len)
+        else:
+            tokens = patchify(batch["latents"].astype(jnp.float32), model.patch_size)
         b = tokens.shape[0]
         orders = sample_orders(order_key, b, seq_len)
         num_masked = sample_num_masked(ratio_key, seq_len, mask_ratio_min)
         mask = mask_from_orders(orders, num_masked)
         drop_label = jax.random.bernoulli(drop_key, label_drop_prob, (b,))
-        rows = b * seq_len * diffusion_batch_mul
-        t = jax.random.randint(t_key, (rows,), 0, NUM_TRAIN_TIMESTEPS)
-        noise = jax.random.normal(noise_key, (rows, token_dim))
+        t = noise = None
+        if model.head == "diffloss":
+            rows = b * seq_len * diffusion_batch_mul
+            t = jax.random.randint(t_key, (rows,), 0, NUM_TRAIN_TIMESTEPS)
+            noise = jax.random.normal(noise_key, (rows, token_dim))
 
         def bucket_loss(params, num_keep_max: int, num_masked_max: int):
             loss, _ = model.apply({"params": params}, tokens, batch["labels"], mask, drop_label, t, noise,

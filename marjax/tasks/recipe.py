@@ -1,9 +1,11 @@
 """The training recipe a config states, shared by every family: step counts, the learning-rate
 schedule and the optimizer."""
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -46,10 +48,42 @@ def learning_rate_schedule(base_lr: float, warmup_steps: int, kind: str = "const
     return optax.join_schedules([warmup, after], [warmup_steps])
 
 
+def lin0_schedule(peak_lr: float, warmup_steps: int, total_steps: int, end_lr: float,
+                  start_ratio: float = 0.005, flat_fraction: float = 0.05) -> optax.Schedule:
+    """VAR's 'lin0' (utils/lr_control.py lr_wd_annealing): lr(step) rises linearly from start_ratio x
+    peak to the peak over `warmup_steps`, stays flat for the first 5% of the rest, then falls linearly
+    to `end_lr` (VAR's wpe x peak) at step total_steps - 1."""
+    end = end_lr / peak_lr
+    rest = max(total_steps - 1 - warmup_steps, 1)
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = start_ratio + (1.0 - start_ratio) * step / max(warmup_steps, 1)
+        passed = (step - warmup_steps) / rest
+        decay = jnp.where(passed < flat_fraction, 1.0, end + (1.0 - end) * (1.0 - passed) / (1.0 - flat_fraction))
+        return peak_lr * jnp.where(step < warmup_steps, warm, decay)
+
+    return schedule
+
+
 def schedule_from_config(config: ml_collections.ConfigDict, plan: StepPlan) -> optax.Schedule:
-    """Warmup from 0 to the peak lr, then constant or cosine (`train.lr_schedule`)."""
+    """The lr schedule of `train.lr_schedule`: warmup from 0 to the peak lr then constant or cosine,
+    or VAR's lin0 (`lin0_schedule`, ending at train.min_lr)."""
     t = config.train
+    if t.lr_schedule == "lin0":
+        return lin0_schedule(plan.peak_lr, plan.warmup_steps, plan.total_steps, t.min_lr)
     return learning_rate_schedule(plan.peak_lr, plan.warmup_steps, t.lr_schedule, plan.total_steps, t.min_lr)
+
+
+def matrix_decay_mask(params: Any, stacked_groups: Sequence[str] = (), exempt: Sequence[str] = ()) -> Any:
+    """True where AdamW decays: params of >= 2 dimensions (embeddings included) none of whose path
+    names contains a string of `exempt`. Params under a top-level name of `stacked_groups` (blocks
+    stacked by `scan_layers`) count one layer's dimensions, so a stacked LayerNorm scale (depth, D)
+    is not decayed either."""
+    flat = flax.traverse_util.flatten_dict(params)
+    return flax.traverse_util.unflatten_dict(
+        {path: (leaf.ndim - (path[0] in stacked_groups) >= 2 and not any(k in name for k in exempt for name in path))
+         for path, leaf in flat.items()})
 
 
 def make_optimizer(schedule: optax.Schedule, decay_mask: Callable[[Any], Any], weight_decay: float = 0.02,

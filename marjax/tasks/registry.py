@@ -13,11 +13,14 @@ from marjax.checkpoints import RunCheckpoints, nonfinite_arrays
 from marjax.config.checks import validate_shared
 from marjax.errors import ConfigError, TrainingDiverged
 from marjax.parallel.sharding import mesh_from_config
-from marjax.tasks import autoencoder, mar
+from marjax.tasks import ar, autoencoder, gpt, mar, var
 from marjax.tasks.base import Task, TaskSpec
 
 TASKS: dict[str, TaskSpec] = {
     "mar": mar.SPEC,
+    "ar": ar.SPEC,
+    "gpt": gpt.SPEC,
+    "var": var.SPEC,
     "tokenizer": autoencoder.SPEC,
 }
 

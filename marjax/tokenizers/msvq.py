@@ -60,6 +60,27 @@ def usage_percent(ema: jax.Array, num_positions: int) -> jax.Array:
     return jnp.mean(ema >= margin, axis=1) * 100.0
 
 
+def dead_codes(ema: jax.Array, positions: jax.Array, threshold: float) -> jax.Array:
+    """(V,) bool: the codes whose running count `ema` (K, V), summed over the scales, is below
+    `threshold` x a uniform share of a step's positions; positions (K,): B p_k^2 per scale."""
+    return jnp.sum(ema, axis=0) < threshold * jnp.sum(positions) / ema.shape[1]
+
+
+def revive_dead_codes(codebook: jax.Array, ema: jax.Array, residuals: jax.Array, positions: jax.Array,
+                      threshold: float, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A remedy for codebook collapse (not in VAR): every `dead_codes` row of codebook (V, C) becomes
+    a randomly chosen row of residuals (N, C), the vectors the scales quantised in a batch (distinct
+    rows when N >= V), and its counts in ema (K, V) restart at the threshold (threshold B p_k^2 / V
+    at scale k), so that it survives the next check only if hit at least that often meanwhile.
+    -> (codebook, ema, dead (V,) bool)."""
+    num_codes, num_rows = codebook.shape[0], residuals.shape[0]
+    dead = dead_codes(ema, positions, threshold)
+    picks = jax.random.choice(key, num_rows, (num_codes,), replace=num_rows < num_codes)
+    codebook = jnp.where(dead[:, None], residuals[picks].astype(codebook.dtype), codebook)
+    ema = jnp.where(dead[None], threshold * positions[:, None] / num_codes, ema)
+    return codebook, ema, dead
+
+
 class MultiScaleQuantizer(nn.Module):
     """VAR's quantizer; its defaults are vae_ch160v4096z32's."""
 
@@ -96,19 +117,21 @@ class MultiScaleQuantizer(nn.Module):
         phi = self.phis[self.table[scale]]
         return h * (1.0 - self.phi_ratio) + phi(h) * self.phi_ratio
 
-    def _quantize(self, f: jax.Array) -> tuple[list[jax.Array], list[jax.Array]]:
-        """f (B, H, W, C) -> (codes per scale, f_hat after each scale)."""
+    def _quantize(self, f: jax.Array) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
+        """f (B, H, W, C) -> (codes per scale, f_hat after each scale, what each scale quantised
+        (B, p_k, p_k, C): the rest, resized)."""
         last = len(self.patch_nums) - 1
         if f.shape[1:3] != (self.patch_nums[-1],) * 2:
             raise ValueError(f"latents {f.shape} do not match the last scale {self.patch_nums[-1]}")
         rest, f_hat = jax.lax.stop_gradient(f), jnp.zeros_like(f)
-        codes, f_hats = [], []
+        codes, f_hats, inputs = [], [], []
         for k, p in enumerate(self.patch_nums):
-            codes.append(self._nearest(rest if k == last else area_resize(rest, p)))
+            inputs.append(rest if k == last else area_resize(rest, p))
+            codes.append(self._nearest(inputs[-1]))
             h = self._residual(self.embed(codes[-1]), k)
             f_hat, rest = f_hat + h, rest - jax.lax.stop_gradient(h)
             f_hats.append(f_hat)
-        return codes, f_hats
+        return codes, f_hats, inputs
 
     def codes(self, f: jax.Array) -> list[jax.Array]:
         """Latents (B, H, W, C) -> codes per scale, each (B, p_k, p_k) int32."""
@@ -145,11 +168,14 @@ class MultiScaleQuantizer(nn.Module):
     def __call__(self, f: jax.Array) -> tuple[jax.Array, list[jax.Array], dict[str, jax.Array]]:
         """Training forward. f (B, H, W, C) -> (f_hat with straight-through gradients to f, codes per
         scale, {"vq_loss": mean over scales of beta mse(sg f_hat_k, f) + mse(f_hat_k, sg f), f_hat_k
-        the sum of scales 1..k; "hits": (K, V) how often each scale used each code})."""
-        codes, f_hats = self._quantize(f)
+        the sum of scales 1..k; "hits": (K, V) how often each scale used each code; "residuals":
+        (B, sum p_k^2, C) the vectors the scales quantised, without gradients (`revive_dead_codes`)})."""
+        codes, f_hats, inputs = self._quantize(f)
         fixed = jax.lax.stop_gradient(f)
         losses = [self.beta * jnp.mean((jax.lax.stop_gradient(g) - f) ** 2) + jnp.mean((g - fixed) ** 2)
                   for g in f_hats]
         hits = jnp.stack([jnp.bincount(c.reshape(-1), length=self.codebook_size) for c in codes])
         out = jax.lax.stop_gradient(f_hats[-1] - f) + f
-        return out, codes, {"vq_loss": sum(losses) / len(losses), "hits": hits.astype(jnp.float32)}
+        residuals = jnp.concatenate([z.reshape(f.shape[0], -1, self.code_dim) for z in inputs], axis=1)
+        return out, codes, {"vq_loss": sum(losses) / len(losses), "hits": hits.astype(jnp.float32),
+                            "residuals": residuals}

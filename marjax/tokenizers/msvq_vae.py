@@ -5,7 +5,11 @@ Images (B, H, W, 3) in [-1, 1] -> encoder (B, H/16, W/16, 32) -> 3x3 quant_conv 
 the conv backbone of `marjax.blocks.conv_backbone` in VAR's taming layout: attention after every
 res block of the lowest-resolution level in both the encoder and the decoder, and mid attention.
 VAR's fused qkv conv is the backbone's q, k, v convs (`msvq_torch_layout` splits it).
+`MSVQTokenizer(model, params)` is what VAR's transformer reads: codes per scale, its
+teacher-forcing input, and images from codes or from f_hat.
 """
+import dataclasses
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -78,3 +82,49 @@ def init_boxed_vqvae_params(model: VQVAE, rng: jax.Array) -> dict:
 def init_vqvae_params(model: VQVAE, rng: jax.Array) -> dict:
     """`init_boxed_vqvae_params` without the boxes."""
     return nn.unbox(init_boxed_vqvae_params(model, rng))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MSVQTokenizer:
+    """A multi-scale VQVAE with its params, as VAR's tokenizer: images (B, H, W, C) in [-1, 1] with
+    H = W = patch_nums[-1] stride <-> codes per scale, each (B, p_k, p_k) int32."""
+
+    model: VQVAE
+    params: dict
+
+    @property
+    def stride(self) -> int:
+        return self.model.stride
+
+    @property
+    def codebook_size(self) -> int:
+        return self.model.codebook_size
+
+    @property
+    def code_dim(self) -> int:
+        return self.model.code_dim
+
+    @property
+    def patch_nums(self) -> tuple[int, ...]:
+        return tuple(self.model.patch_nums)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def encode_codes(self, images: jax.Array) -> list[jax.Array]:
+        """(B, H, W, C) in [-1, 1] -> codes per scale, each (B, p_k, p_k) int32."""
+        return self.model.apply({"params": self.params}, images, method=VQVAE.codes)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def teacher_forcing_input(self, codes: Sequence[jax.Array]) -> jax.Array:
+        """Codes per scale -> the transformer's inputs of scales 2..K, (B, sum p_k^2 - p_1^2, code_dim)."""
+        return self.model.apply({"params": self.params}, codes,
+                                method=lambda m, c: m.quantizer.teacher_forcing_input(c))
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def decode_codes(self, codes: Sequence[jax.Array]) -> jax.Array:
+        """Codes per scale -> (B, H, W, C) images clamped to [-1, 1]."""
+        return self.model.apply({"params": self.params}, codes, method=VQVAE.decode_codes)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def decode(self, f_hat: jax.Array) -> jax.Array:
+        """f_hat (B, p_K, p_K, code_dim) -> (B, H, W, C) images clamped to [-1, 1]."""
+        return self.model.apply({"params": self.params}, f_hat, method=VQVAE.decode)

@@ -1,14 +1,16 @@
-"""PyTorch's `area` and `bicubic` image resizing as explicit (out, in) matrices, applied separably.
+"""PyTorch's `area`, `bicubic` and `bilinear` image resizing as explicit (out, in) matrices, applied separably.
 
-VAR's multi-scale quantizer resizes with `F.interpolate(mode='area')` and `mode='bicubic'`;
-`jax.image.resize` differs from both (Keys a = -0.5 and antialiasing when shrinking), so its
-checkpoints need these. Each resize is out = R_h x R_w^T per channel, with R built in numpy at
-trace time from the static sizes.
+VAR's multi-scale quantizer resizes with `F.interpolate(mode='area')` and `mode='bicubic'`, and its
+zero-shot editing resizes the edit mask with `mode='bilinear'`; `jax.image.resize` differs (Keys
+a = -0.5, antialiasing when shrinking), so its checkpoints need these. Each resize is
+out = R_h x R_w^T per channel, with R built in numpy at trace time from the static sizes.
 
 - area = adaptive average pooling: output i averages inputs [floor(i n / m), ceil((i + 1) n / m)),
   bins that overlap when m does not divide n.
 - bicubic: Keys' kernel with a = -0.75, align_corners=False (source x = (i + 0.5) n / m - 0.5,
   not clamped), the four taps' indices clamped into [0, n), no antialiasing when shrinking.
+- bilinear: align_corners=False, source x = max((i + 0.5) n / m - 0.5, 0) in float32 as torch
+  computes it, taps floor(x) and the next one (the last pixel at the border), no antialiasing.
 """
 import functools
 
@@ -60,6 +62,22 @@ def bicubic_matrix(out_size: int, in_size: int) -> np.ndarray:
     return matrix
 
 
+@functools.lru_cache(maxsize=None)
+def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """(out_size, in_size) float32: torch's bilinear taps, their weights in torch's float32 arithmetic
+    (an edit mask is thresholded at 0.5 after this resize, so ties must fall as torch's do)."""
+    matrix = np.zeros((out_size, in_size), np.float32)
+    scale = np.float32(in_size) / np.float32(out_size)
+    for i in range(out_size):
+        x = max(scale * (np.float32(i) + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
+        base = int(x)
+        weight = np.float32(x - np.float32(base))
+        matrix[i, base] += np.float32(1.0) - weight
+        matrix[i, min(base + 1, in_size - 1)] += weight
+    matrix.setflags(write=False)
+    return matrix
+
+
 def resize(x: jax.Array, matrix_h: np.ndarray, matrix_w: np.ndarray) -> jax.Array:
     """x (B, H, W, C), matrix_h (h, H), matrix_w (w, W) -> (B, h, w, C), in fp32 at full precision
     (the quantizer's nearest-code search downstream must see the reference's numbers)."""
@@ -74,3 +92,8 @@ def area_resize(x: jax.Array, size: int) -> jax.Array:
 def bicubic_resize(x: jax.Array, size: int) -> jax.Array:
     """(B, H, W, C) -> (B, size, size, C) as torch's `F.interpolate(mode='bicubic')`."""
     return resize(x, bicubic_matrix(size, x.shape[1]), bicubic_matrix(size, x.shape[2]))
+
+
+def bilinear_resize(x: jax.Array, size: int) -> jax.Array:
+    """(B, H, W, C) -> (B, size, size, C) as torch's `F.interpolate(mode='bilinear')`."""
+    return resize(x, bilinear_matrix(size, x.shape[1]), bilinear_matrix(size, x.shape[2]))
