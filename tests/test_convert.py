@@ -118,7 +118,7 @@ def test_converted_mar_workdir_restores_and_exports_back(tmp_path, scan_layers):
     config = tiny_mar_config()
     config.model.scan_layers = scan_layers
     workdir = str(tmp_path / "converted")
-    convert.write_mar_workdir(state, ema, config, workdir)
+    convert.write_workdir(state, ema, config, workdir)
     abstract = _abstract_state(config)
     checkpoints = RunCheckpoints(workdir, read_only=True)
     checkpoints.check_compatible(0, abstract, config)
@@ -138,7 +138,7 @@ def test_converted_mar_workdir_restores_and_exports_back(tmp_path, scan_layers):
     np.testing.assert_array_equal(back["model_ema"]["diffloss.net.res_blocks.1.adaLN_modulation.1.weight"].numpy(),
                                   ema["diffloss.net.res_blocks.1.adaLN_modulation.1.weight"])
     with pytest.raises(ConversionError, match="already holds checkpoints"):
-        convert.write_mar_workdir(state, ema, config, workdir)
+        convert.write_workdir(state, ema, config, workdir)
 
 
 def test_converted_vae_matches_the_reference_through_the_tokenizer(tmp_path):
@@ -177,7 +177,7 @@ def test_converted_workdir_samples_and_fine_tunes_through_the_cli(tmp_path):
     params = init_params(model_from_config(config), jax.random.key(3))
     state = mar_torch_layout.torch_state_from_params(params)
     workdir = str(tmp_path / "converted")
-    convert.write_mar_workdir(state, state, config, workdir)
+    convert.write_workdir(state, state, config, workdir)
     for extra in (["--mode=sample"], ["--config.train.num_steps=2"]):
         result = subprocess.run(command(workdir, *extra), cwd=REPO, env=env(), capture_output=True, text=True,
                                 timeout=600)

@@ -16,6 +16,8 @@ def torch_key_to_path(key: str) -> tuple[str, ...]:
     """'encoder.down.4.attn.0.q.weight' -> ('encoder', 'down_4_attn_0', 'q', 'kernel')."""
     parts = key.split(".")
     param = parts.pop()
+    if not parts or param not in ("weight", "bias"):
+        return tuple(key.split("."))  # no param of this layout: the caller reports it as unexpected
     path: list[str] = []
     while parts:
         head = parts.pop(0)
