@@ -20,13 +20,12 @@ from marjax.config.checks import check_fields, check_unused
 from marjax.config.defaults import base_config
 from marjax.data.image_ops import to_uint8
 from marjax.errors import ConfigError
-from marjax.heads.softmax import token_cross_entropy
 from marjax.models.gpt import GPT, PRESETS, init_boxed_params, init_params
 from marjax.parallel.sharding import batch_sharding
 from marjax.sampling.causal import generate_codes
 from marjax.tasks.base import Task, TaskSpec
 from marjax.tasks.generator_task import generator_task
-from marjax.tasks.loss_step import make_loss_step
+from marjax.tasks.loss_step import code_prediction_loss, make_loss_step
 from marjax.tasks.recipe import matrix_decay_mask, optimizer_from_config, step_plan
 from marjax.tasks.tokenizer_from_config import check_available, make_tokenizer, tokenizer_spec
 
@@ -88,10 +87,9 @@ def gpt_loss(model: GPT, label_smoothing: float = 0.0):
     raster order, "labels": (B,) int}."""
 
     def loss_fn(params, batch, rng):
-        codes = batch["codes"]
-        logits = model.apply({"params": params}, codes, batch["labels"], deterministic=False, rngs={"dropout": rng})
-        loss = jnp.mean(token_cross_entropy(logits, codes, label_smoothing))
-        return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == codes)}
+        logits = model.apply({"params": params}, batch["codes"], batch["labels"], deterministic=False,
+                             rngs={"dropout": rng})
+        return code_prediction_loss(logits, batch["codes"], label_smoothing)
 
     return loss_fn
 
@@ -108,7 +106,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
 
     def prepare_batch(batch: dict, key: jax.Array) -> dict:
         del key
-        codes = batch["codes"] if "codes" in batch else tokenizer().encode_codes(batch["images"])
+        codes = tokenizer().encode_codes(batch["images"])
         return {"codes": codes.reshape(codes.shape[0], -1), "labels": batch["labels"]}
 
     def abstract_batch(batch_size: int) -> dict:

@@ -7,8 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
+from marjax.heads.softmax import token_cross_entropy
 from marjax.tasks.train_state import TrainState, ema_update
 
 Batch = dict[str, jax.Array]
@@ -34,3 +36,11 @@ def make_loss_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule: 
         return TrainState(state.step + 1, params, ema_update(state.ema_params, params, ema_rate), opt_state), metrics
 
     return train_step
+
+
+def code_prediction_loss(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0
+                         ) -> tuple[jax.Array, Metrics]:
+    """The mean cross-entropy of logits (B, N, V) against codes (B, N) int, and {"accuracy"}: the
+    fraction of positions whose most likely code is the target (a training-health signal)."""
+    loss = jnp.mean(token_cross_entropy(logits, targets, label_smoothing))
+    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == targets)}

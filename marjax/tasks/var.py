@@ -23,13 +23,12 @@ from marjax.config.checks import check_fields, check_unused
 from marjax.config.defaults import base_config
 from marjax.data.image_ops import to_uint8
 from marjax.errors import ConfigError
-from marjax.heads.softmax import token_cross_entropy
 from marjax.models.var import PRESETS, VAR, init_boxed_params, init_params
 from marjax.parallel.sharding import batch_sharding
 from marjax.sampling.next_scale import generate_var
 from marjax.tasks.base import Task, TaskSpec
 from marjax.tasks.generator_task import generator_task
-from marjax.tasks.loss_step import make_loss_step
+from marjax.tasks.loss_step import code_prediction_loss, make_loss_step
 from marjax.tasks.recipe import matrix_decay_mask, optimizer_from_config, step_plan
 from marjax.tasks.tokenizer_from_config import check_available, check_msvq_image_size, make_tokenizer
 
@@ -95,9 +94,7 @@ def var_loss(model: VAR, label_smoothing: float = 0.0):
     def loss_fn(params, batch, rng):
         logits = model.apply({"params": params}, batch["labels"], batch["inputs"], deterministic=False,
                              rngs={"dropout": rng})
-        targets = batch["targets"]
-        loss = jnp.mean(token_cross_entropy(logits, targets, label_smoothing))
-        return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == targets)}
+        return code_prediction_loss(logits, batch["targets"], label_smoothing)
 
     return loss_fn
 
