@@ -57,9 +57,8 @@ def compile_report(config: ml_collections.ConfigDict, devices: list | None = Non
     # Donated state aliases its outputs: the live peak is arguments + outputs - aliases + temps.
     sizes["peak"] = sizes["arguments"] + sizes["outputs"] - sizes["aliases"] + sizes["temps"]
     cost = compiled.cost_analysis()
-    num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
     return [
-        {"report": "setup", "num_params": int(num_params), "mesh": dict(mesh.shape),
+        {"report": "setup", "num_params": int(task.num_params), "mesh": dict(mesh.shape),
          "device": jax.devices()[0].device_kind, "num_devices": mesh.size, "global_batch": batch_size,
          "batch_per_device": batch_size // (mesh.shape["data"] * mesh.shape["fsdp"]), "dtype": config.model.dtype},
         {"report": "memory", "per_device_bytes": sizes,

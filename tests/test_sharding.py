@@ -15,7 +15,13 @@ from jax.sharding import AbstractMesh, PartitionSpec as P
 from marjax.config.defaults import base_config
 from marjax.errors import ConfigError
 from marjax.tokenizers.kl import AutoencoderKL
+from marjax.models.ar import AR
+from marjax.models.ar import init_boxed_params as ar_init_boxed_params
+from marjax.models.gpt import GPT
+from marjax.models.gpt import init_boxed_params as gpt_init_boxed_params
 from marjax.models.mar import MAR, init_boxed_params
+from marjax.models.var import VAR
+from marjax.models.var import init_boxed_params as var_init_boxed_params
 from marjax.tokenizers.discriminator import PatchDiscriminator
 from marjax.tokenizers.vq import VQModel
 from marjax.parallel.sharding import MESH_AXES, logical_axes, make_mesh, mesh_from_config, mesh_spec
@@ -78,11 +84,26 @@ def _every_param_named(names, shapes):
     assert not unnamed, unnamed
 
 
-def test_every_mar_param_has_a_name_per_dimension():
-    model = MAR(latent_size=4, latent_channels=4, encoder_width=16, encoder_depth=1, encoder_heads=2,
-                decoder_width=16, decoder_depth=1, decoder_heads=2, num_classes=3, buffer_size=2,
-                diffloss_depth=1, diffloss_width=16)
-    init = lambda: init_boxed_params(model, jax.random.key(0))  # noqa: E731
+MAR_TINY = dict(latent_size=4, latent_channels=4, encoder_width=16, encoder_depth=1, encoder_heads=2,
+                decoder_width=16, decoder_depth=1, decoder_heads=2, num_classes=3, buffer_size=2, diffloss_depth=1,
+                diffloss_width=16)
+AR_TINY = dict(latent_size=4, latent_channels=4, width=16, depth=2, num_heads=2, num_classes=3, diffloss_depth=1,
+               diffloss_width=16, vocab_size=32)
+
+
+@pytest.mark.parametrize("model, init_boxed", [
+    (MAR(**MAR_TINY), init_boxed_params),
+    (MAR(**MAR_TINY, head="softmax", vocab_size=32, patch_size=1), init_boxed_params),
+    (AR(**AR_TINY, order="random"), ar_init_boxed_params),
+    (AR(**AR_TINY, head="softmax"), ar_init_boxed_params),
+    (GPT(vocab_size=32, grid_size=4, num_classes=3, width=32, depth=2, num_heads=2, num_kv_heads=1),
+     gpt_init_boxed_params),
+    (VAR(vocab_size=32, code_dim=4, patch_nums=(1, 2), num_classes=3, width=16, depth=2, num_heads=2,
+         shared_aln=True), var_init_boxed_params),
+], ids=["mar", "mar_softmax", "ar_random", "ar_softmax", "gpt", "var"])
+def test_every_generator_param_has_a_name_per_dimension(model, init_boxed):
+    """So the mesh rules can shard every param of every family (FSDP, tensor parallelism)."""
+    init = lambda: init_boxed(model, jax.random.key(0))  # noqa: E731
     _every_param_named(logical_axes(init), flax.linen.unbox(jax.eval_shape(init)))
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from configs import ar_digits, digits, digits_vae, gpt_digits, var_digits
 from marjax.checkpoints import RunCheckpoints
+from marjax.compile_report import compile_report
 from marjax.data.digits import DigitsSource
 from marjax.data.image_ops import to_model_range
 from marjax.parallel.sharding import make_mesh
@@ -105,6 +106,15 @@ def run(request, tmp_path_factory):
 def test_steps_compile_once(run):
     _, _, state, traces = run
     assert traces == 1 and int(state.step) == 3
+
+
+def test_compile_mode_reports_the_step(run):
+    """`--mode=compile` lowers the family's step from abstract inputs (its abstract batch must match
+    what prepare_batch gives, or lowering fails) and counts its state."""
+    config, task, _, _ = run
+    setup, memory, cost = compile_report(config, jax.devices()[:1])
+    assert setup["num_params"] == task.num_params
+    assert memory["per_device_bytes"]["params"] >= 4 * task.num_params and cost["flops_per_device"] > 0
 
 
 def test_checkpoint_round_trip(run, tmp_path):
