@@ -67,7 +67,7 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
         check_unused(config, ("train.diffusion_batch_mul", "sample.num_diffusion_steps", "sample.clip_denoised"),
                      "the softmax head samples codes from its logits")
     else:
-        if spec.discrete or config.tokenizer.kind == "msvq":
+        if spec.discrete:
             raise ConfigError(f"model.head='diffloss' needs continuous tokens: tokenizer.kind 'pixels' or 'kl' (got "
                               f"{config.tokenizer.kind!r}), or model.head='softmax' for VQ codes")
         check_unused(config, ("sample.top_k", "sample.top_p", "sample.cfg_interval"),

@@ -80,7 +80,7 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
         check_unused(config, ("train.diffusion_batch_mul", "sample.num_diffusion_steps", "sample.clip_denoised"),
                      "the softmax head samples codes from its logits")
     else:
-        if spec.discrete or config.tokenizer.kind == "msvq":
+        if spec.discrete:
             raise ConfigError("MAR's DiffLoss head needs continuous tokens: tokenizer.kind must be 'pixels' or 'kl', "
                               f"got {config.tokenizer.kind!r} (or set model.head='softmax' for VQ codes)")
         check_unused(config, ("sample.choice", "sample.choice_temperature"),
