@@ -1,8 +1,10 @@
-"""Command line: train, sample, evaluate, or compile the train step to plan memory.
+"""Command line: train, sample, edit an image, evaluate, or compile the train step to plan memory.
 
   python -m marjax.main --config=configs/digits.py --workdir=/tmp/digits
   python -m marjax.main --config=configs/digits.py --workdir=/tmp/digits --mode=sample \
       --config.sample.num_images=100 --config.sample.cfg=2.0
+  python -m marjax.main --config=configs/digits.py --workdir=/tmp/digits --mode=edit \
+      --config.edit.image=digit.png --config.edit.box=0,4,8,8 --config.edit.label=3
   python -m marjax.main --config=configs/digits.py --workdir=/tmp/digits --mode=eval
   XLA_FLAGS=--xla_force_host_platform_device_count=64 JAX_PLATFORMS=cpu python -m marjax.main \
       --config=configs/mar_huge.py --workdir=/tmp/plan --mode=compile --config.mesh.fsdp=64
@@ -22,6 +24,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from marjax.compile_report import write_compile_report  # noqa: E402
 from marjax.config.loading import parse_flags  # noqa: E402
+from marjax.edit import edit_from_workdir  # noqa: E402
 from marjax.errors import MarjaxError  # noqa: E402
 from marjax.evaluate import evaluate_workdir  # noqa: E402
 from marjax.parallel import distributed  # noqa: E402
@@ -30,8 +33,9 @@ from marjax.train import train_and_evaluate  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py.", lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "compile"],
-                         "Train (and resume); sample from a workdir; evaluate its samples (FID, IS, ...); or compile "
+MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "edit", "eval", "compile"],
+                         "Train (and resume); sample from a workdir; edit an image with it (the config's `edit` "
+                         "section); evaluate its samples (FID, IS, ...); or compile "
                          "the train step for the config's mesh and print per-device memory and FLOPs.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -57,6 +61,8 @@ def main(argv: list[str]) -> None:
             train_and_evaluate(config, WORKDIR.value)
         elif MODE.value == "sample":
             sample_from_workdir(config, WORKDIR.value)
+        elif MODE.value == "edit":
+            edit_from_workdir(config, WORKDIR.value)
         elif MODE.value == "eval":
             evaluate_workdir(config, WORKDIR.value)
         else:

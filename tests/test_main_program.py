@@ -14,6 +14,12 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from configs import digits
+from marjax.edit import check_edit_config, keep_mask
+from marjax.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_OVERRIDES = [
@@ -121,6 +127,42 @@ def test_sample_mode_writes_grid_and_npz(uninterrupted):
     assert data["images"].shape == (10, 8, 8, 1) and data["images"].dtype == np.uint8
     np.testing.assert_array_equal(data["labels"], [3] * 5 + [7] * 5)
     assert os.path.getsize(os.path.join(workdir, "samples", "step_12.png")) > 0
+
+
+def test_edit_mode_keeps_the_pixels_outside_the_box(uninterrupted, tmp_path):
+    """A digit as a PNG, its bottom half regenerated as a 3: (original, masked, result) rows, the top
+    half of every result the digit's own pixels (pixel tokens are kept exactly)."""
+    workdir, _ = uninterrupted
+    digit = np.round(load_digits().images[0] * 255 / 16).astype(np.uint8)
+    Image.fromarray(digit).save(tmp_path / "digit.png")
+    run(workdir, "--mode=edit", f"--config.edit.image={tmp_path / 'digit.png'}", "--config.edit.box=0,4,8,8",
+        "--config.edit.label=3", "--config.edit.num_samples=3")
+    data = np.load(os.path.join(workdir, "edits", "step_12.npz"))
+    np.testing.assert_array_equal(data["original"][..., 0], digit)
+    assert data["results"].shape == (3, 8, 8, 1) and data["keep"][:4].all() and not data["keep"][4:].any()
+    np.testing.assert_array_equal(data["results"][:, :4, :, 0], np.broadcast_to(digit[:4], (3, 4, 8)))
+    assert os.path.getsize(os.path.join(workdir, "edits", "step_12.png")) > 0
+
+
+@pytest.mark.parametrize("edit, error, message", [
+    (dict(box="0,4,8,8", label=3), FileNotFoundError, "none.png does not exist"),
+    (dict(label=3), ConfigError, "exactly one of edit.box"),
+    (dict(box="0,4,9,8", label=3), ConfigError, "not a non-empty box inside the 8x8 image"),
+    (dict(box="0,4,8", label=3), ConfigError, "four integers"),
+    (dict(box="0,4,8,8"), ConfigError, "edit.label=-1"),
+])
+def test_edit_settings_that_cannot_run_fail_before_anything_loads(tmp_path, edit, error, message):
+    config = digits.get_config()
+    config.edit.update(image=str(tmp_path / "none.png"), **edit)
+    with pytest.raises(error, match=message):
+        check_edit_config(config)
+
+
+def test_an_edit_box_covering_everything_under_outpaint_is_refused():
+    config = digits.get_config()
+    config.edit.update(box="0,0,8,8", outpaint=True)
+    with pytest.raises(ConfigError, match="regenerates no pixel"):
+        keep_mask(config)
 
 
 def test_eval_mode_on_eight_devices_writes_metrics_and_pngs(uninterrupted):

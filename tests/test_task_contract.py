@@ -10,7 +10,7 @@ from configs import ar_digits, digits, digits_vae, gpt_digits, var_digits
 from marjax.checkpoints import RunCheckpoints
 from marjax.compile_report import compile_report
 from marjax.data.digits import DigitsSource
-from marjax.data.image_ops import to_model_range
+from marjax.data.image_ops import to_model_range, to_uint8
 from marjax.parallel.sharding import make_mesh
 from marjax.tasks.registry import TASKS, check_config, make_task
 from marjax.tasks.train_state import jit_train_step
@@ -146,3 +146,45 @@ def test_same_rng_same_images(run):
     assert first.dtype == np.uint8 and first.shape[0] == len(labels)
     assert first.shape[1:] == (config.data.image_size, config.data.image_size, config.data.channels)
     np.testing.assert_array_equal(first, second)
+
+
+@pytest.fixture(scope="module")
+def digits_to_edit():
+    """Four digits (B, 16, 16, 1) in [-1, 1] and their labels; each test crops its image size."""
+    source = DigitsSource(16)
+    return np.stack([to_model_range(source[i]["image"]) for i in range(4)]), np.arange(4, dtype=np.int32)
+
+
+def edit(config, task, state, digits, keep, seed):
+    images = jnp.asarray(digits[0][:, :config.data.image_size, :config.data.image_size])
+    keeps = jnp.asarray(np.broadcast_to(keep, images.shape[:3]))
+    return np.asarray(task.edit(task.generation_params(state, True), images, keeps, jnp.asarray(digits[1]),
+                                jax.random.key(seed)))
+
+
+def test_edit_with_every_pixel_kept_gives_the_same_image_for_any_rng(run, digits_to_edit):
+    """Every token known: nothing is drawn (the tokenizer's reconstruction, whatever the rng)."""
+    config, task, state, _ = run
+    if task.edit is None:
+        pytest.skip(f"task {config.task!r} does not edit")
+    size = config.data.image_size
+    first, second = (edit(config, task, state, digits_to_edit, np.ones((size, size), bool), s) for s in (1, 2))
+    assert first.dtype == np.uint8 and first.shape == (4, size, size, config.data.channels)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_edit_regenerates_the_right_half_only(run, digits_to_edit):
+    """Left half kept: the same rng gives the same edit, another rng another right half; on pixel
+    tokens the left half comes back exactly."""
+    config, task, state, _ = run
+    if task.edit is None:
+        pytest.skip(f"task {config.task!r} does not edit")
+    size = config.data.image_size
+    keep = np.arange(size)[None, :].repeat(size, 0) < size // 2
+    first, again, other = (edit(config, task, state, digits_to_edit, keep, s) for s in (1, 1, 2))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first[:, :, size // 2:], other[:, :, size // 2:])
+    if config.tokenizer.kind == "pixels":
+        original = np.asarray(to_uint8(digits_to_edit[0][:, :size, :size]))
+        np.testing.assert_array_equal(first[:, :, :size // 2], original[:, :, :size // 2])
+        np.testing.assert_array_equal(other[:, :, :size // 2], original[:, :, :size // 2])

@@ -127,6 +127,15 @@ def base_config(task: str = "mar") -> ml_collections.ConfigDict:
     c.sample.seed = 0
     c.sample.step = config_dict.placeholder(int)  # None: the latest checkpoint
 
+    # `--mode=edit` (marjax.edit): in-painting, out-painting and class-conditional editing of one image.
+    c.edit = ml_collections.ConfigDict()
+    c.edit.image = ""        # the image to edit, center-cropped and resized to data.image_size
+    c.edit.box = ""          # "x0,y0,x1,y1": the pixels to regenerate on that grid (x1, y1 excluded); or
+    c.edit.mask = ""         # an image whose nonzero pixels are regenerated (cropped and resized as edit.image)
+    c.edit.outpaint = False  # regenerate outside the box or mask instead (out-painting)
+    c.edit.label = -1        # the class of the results (required)
+    c.edit.num_samples = 4   # results, in one batch
+
     # `--mode=eval` (marjax.evaluate): samples with the `sample` section's sampler, checkpoint
     # (sample.step) and params (sample.use_ema), scored by a feature network against a reference.
     c.eval = ml_collections.ConfigDict()

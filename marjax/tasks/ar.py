@@ -27,6 +27,7 @@ from marjax.models.masking import raster_orders, sample_orders
 from marjax.parallel.sharding import batch_sharding
 from marjax.sampling.causal import generate_ar
 from marjax.tasks.base import Task, TaskSpec
+from marjax.tasks.editing import known_first_orders, known_token_mask
 from marjax.tasks.generator_task import generator_task
 from marjax.tasks.loss_step import make_loss_step
 from marjax.tasks.recipe import matrix_decay_mask, optimizer_from_config, step_plan
@@ -145,16 +146,31 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
     head_settings = dict(top_k=s.top_k, top_p=s.top_p, cfg_interval=s.cfg_interval) if softmax else \
         dict(num_diffusion_steps=s.num_diffusion_steps, clip_denoised=s.clip_denoised)
 
-    def generate_batch(params, labels: jax.Array, rng: jax.Array) -> jax.Array:
-        tokens = generate_ar(model, params, labels, rng, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
-                             temperature=s.temperature, **head_settings)
+    def images_of(tokens: jax.Array) -> jax.Array:
         if softmax:
             return to_uint8(tokenizer().decode_codes(tokens.reshape((-1,) + model.grid)))
         return to_uint8(tokenizer().decode(unpatchify(tokens, model.patch_size, model.grid)))
 
+    def sample_tokens(params, labels: jax.Array, rng: jax.Array, **known) -> jax.Array:
+        return generate_ar(model, params, labels, rng, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
+                           temperature=s.temperature, **head_settings, **known)
+
+    def generate_batch(params, labels: jax.Array, rng: jax.Array) -> jax.Array:
+        return images_of(sample_tokens(params, labels, rng))
+
+    def edit_batch(params, images: jax.Array, keep: jax.Array, labels: jax.Array, rng: jax.Array) -> jax.Array:
+        """A random-order model generates the unknown tokens after all the known ones; a raster model
+        can only feed each known token at its grid position (`generate_ar`)."""
+        encode_key, order_key, sample_key = jax.random.split(rng, 3)
+        tokens = prepare_batch({"images": images, "labels": labels}, encode_key)["tokens"]
+        known = known_token_mask(keep, tokenizer().stride * model.patch_size).reshape(tokens.shape[:2])
+        orders = known_first_orders(order_key, known) if model.order == "random" else None
+        return images_of(sample_tokens(params, labels, sample_key, orders=orders, known_tokens=tokens,
+                                       known_mask=known))
+
     return generator_task("ar", config, mesh, functools.partial(init_params, model),
                           functools.partial(init_boxed_params, model), tx, step, prepare_batch, abstract_batch,
-                          generate_batch)
+                          generate_batch, edit_batch)
 
 
 SPEC = TaskSpec(check_config=check_config, build=build)

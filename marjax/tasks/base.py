@@ -27,7 +27,11 @@ class Task:
     visualize(state, key) -> (images (N, H, W, C) uint8, labels (N,)): what a training grid shows.
     generate(params, labels (B,) int32 global array, rng) -> (B, H, W, C) uint8 images on device,
       with the config's `sample` settings; None for a family that does not generate.
-    generation_params(state, use_ema) -> the params `generate` takes.
+    edit(params, images (B, H, W, C) in [-1, 1], keep (B, H, W) bool (True = keep the pixel), labels
+      (B,) int32, rng) -> (B, H, W, C) uint8: the images with every pixel not kept generated anew for
+      `labels`, the kept ones as the tokenizer gives them back (`marjax.tasks.editing`); None for a
+      family that cannot edit.
+    generation_params(state, use_ema) -> the params `generate` and `edit` take.
     state_from_params(params, ema_params) -> a step-0 state around given weights (converters).
     num_params: parameters of the trained model.
     """
@@ -45,6 +49,7 @@ class Task:
     state_from_params: Callable[[Any, Any], Any]
     num_params: int
     frozen: Any = None
+    edit: Callable[[Any, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

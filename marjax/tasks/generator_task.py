@@ -21,12 +21,13 @@ def generator_task(name: str, config: ml_collections.ConfigDict, mesh: jax.shard
                    init_boxed_params: InitParams, tx: optax.GradientTransformation,
                    step: Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]],
                    prepare_batch: Callable[[dict, jax.Array], dict], abstract_batch: Callable[[int], dict],
-                   generate: Callable[[Any, jax.Array, jax.Array], jax.Array]) -> Task:
+                   generate: Callable[[Any, jax.Array, jax.Array], jax.Array],
+                   edit: Callable[[Any, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array] | None = None) -> Task:
     """The Task of a generator whose state is a `TrainState`.
 
     init_params(rng) -> params; init_boxed_params(rng) -> the same boxed with logical axis names
-    (for the shardings). step(state, batch, rng) -> (state, metrics). prepare_batch, abstract_batch
-    and generate as `Task` states them. The training grid generates `train.num_grid_samples` images
+    (for the shardings). step(state, batch, rng) -> (state, metrics). prepare_batch, abstract_batch,
+    generate and edit as `Task` states them. The training grid generates `train.num_grid_samples` images
     over the classes from the EMA params, `sample.batch_size` at a time.
     """
     abstract_state, shardings = state_layout(init_params, init_boxed_params, tx, mesh, config.mesh)
@@ -48,4 +49,4 @@ def generator_task(name: str, config: ml_collections.ConfigDict, mesh: jax.shard
                 prepare_batch=prepare_batch, abstract_batch=abstract_batch, visualize=visualize, generate=generate,
                 generation_params=lambda state, use_ema: state.ema_params if use_ema else state.params,
                 state_from_params=state_from_params,
-                num_params=sum(x.size for x in jax.tree.leaves(abstract_state.params)))
+                num_params=sum(x.size for x in jax.tree.leaves(abstract_state.params)), edit=edit)

@@ -24,6 +24,7 @@ from marjax.models.gpt import GPT, PRESETS, init_boxed_params, init_params
 from marjax.parallel.sharding import batch_sharding
 from marjax.sampling.causal import generate_codes
 from marjax.tasks.base import Task, TaskSpec
+from marjax.tasks.editing import known_token_mask
 from marjax.tasks.generator_task import generator_task
 from marjax.tasks.loss_step import code_prediction_loss, make_loss_step
 from marjax.tasks.recipe import matrix_decay_mask, optimizer_from_config, step_plan
@@ -114,14 +115,22 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
         return {"codes": jax.ShapeDtypeStruct((batch_size, model.seq_len), np.int32, sharding=sharding),
                 "labels": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharding)}
 
-    def generate_batch(params, labels: jax.Array, rng: jax.Array) -> jax.Array:
+    def sample_images(params, labels: jax.Array, rng: jax.Array, **known) -> jax.Array:
         codes = generate_codes(model, params, labels, rng, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
-                               cfg_interval=s.cfg_interval, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+                               cfg_interval=s.cfg_interval, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                               **known)
         return to_uint8(tokenizer().decode_codes(codes.reshape(-1, model.grid_size, model.grid_size)))
+
+    def edit_batch(params, images: jax.Array, keep: jax.Array, labels: jax.Array, rng: jax.Array) -> jax.Array:
+        """Raster order: each known code is fed at its grid position, so a code generated before a known
+        one does not see it (LlamaGen has no editing; this is what a raster model can do)."""
+        codes = prepare_batch({"images": images, "labels": labels}, rng)["codes"]
+        known = known_token_mask(keep, tokenizer().stride).reshape(codes.shape)
+        return sample_images(params, labels, rng, known_codes=codes, known_mask=known)
 
     return generator_task("gpt", config, mesh, functools.partial(init_params, model),
                           functools.partial(init_boxed_params, model), tx, step, prepare_batch, abstract_batch,
-                          generate_batch)
+                          sample_images, edit_batch)
 
 
 SPEC = TaskSpec(check_config=check_config, build=build)

@@ -21,6 +21,7 @@ from marjax.models.masking import mask_count_buckets
 from marjax.parallel.sharding import batch_sharding
 from marjax.sampling.masked import generate
 from marjax.tasks.base import Task, TaskSpec
+from marjax.tasks.editing import known_token_mask
 from marjax.tasks.generator_task import generator_task
 from marjax.tasks.mar_step import make_train_step, weight_decay_mask
 from marjax.tasks.recipe import optimizer_from_config, step_plan
@@ -142,13 +143,22 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
                                                   sharding=sharding)}
         return {**tokens, "labels": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharding)}
 
-    def generate_batch(params, labels: jax.Array, rng: jax.Array) -> jax.Array:
-        tokens = generate_latents(model, params, labels, rng, config.sample)
+    def images_of(tokens: jax.Array) -> jax.Array:
         return to_uint8(tokenizer().decode_codes(tokens) if softmax else tokenizer().decode(tokens))
+
+    def generate_batch(params, labels: jax.Array, rng: jax.Array) -> jax.Array:
+        return images_of(generate_latents(model, params, labels, rng, config.sample))
+
+    def edit_batch(params, images: jax.Array, keep: jax.Array, labels: jax.Array, rng: jax.Array) -> jax.Array:
+        encode_key, sample_key = jax.random.split(rng)
+        known = tokenizer().encode_codes(images) if softmax else tokenizer().encode(images, encode_key)
+        mask = known_token_mask(keep, tokenizer().stride * model.patch_size)
+        return images_of(generate_latents(model, params, labels, sample_key, config.sample, known_latents=known,
+                                          known_mask=mask.reshape(mask.shape[0], -1)))
 
     return generator_task("mar", config, mesh, functools.partial(init_params, model),
                           functools.partial(init_boxed_params, model), tx, mar_step, prepare_batch, abstract_batch,
-                          generate_batch)
+                          generate_batch, edit_batch)
 
 
 SPEC = TaskSpec(check_config=check_config, build=build)

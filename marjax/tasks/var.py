@@ -25,7 +25,7 @@ from marjax.data.image_ops import to_uint8
 from marjax.errors import ConfigError
 from marjax.models.var import PRESETS, VAR, init_boxed_params, init_params
 from marjax.parallel.sharding import batch_sharding
-from marjax.sampling.next_scale import generate_var
+from marjax.sampling.next_scale import generate_var, scale_masks
 from marjax.tasks.base import Task, TaskSpec
 from marjax.tasks.generator_task import generator_task
 from marjax.tasks.loss_step import code_prediction_loss, make_loss_step
@@ -127,15 +127,21 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
                                                np.float32, sharding=sharding),
                 "labels": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharding)}
 
-    def generate_batch(params, labels: jax.Array, rng: jax.Array) -> jax.Array:
+    def sample_images(params, labels: jax.Array, rng: jax.Array, **known) -> jax.Array:
         vae = tokenizer()
         _, f_hat = generate_var(model, params, vae.model, vae.params, labels, rng, cfg=s.cfg, top_k=s.top_k,
-                                top_p=s.top_p, more_smooth=s.more_smooth)
+                                top_p=s.top_p, more_smooth=s.more_smooth, **known)
         return to_uint8(vae.decode(f_hat))
+
+    def edit_batch(params, images: jax.Array, keep: jax.Array, labels: jax.Array, rng: jax.Array) -> jax.Array:
+        """VAR's zero-shot editing: the image's codes at every scale, kept where `scale_masks` of the
+        pixel mask says (the reference's per-scale masks, threshold 0.5)."""
+        return sample_images(params, labels, rng, known_codes=tokenizer().encode_codes(images),
+                             known_masks=scale_masks(keep, model.patch_nums))
 
     return generator_task("var", config, mesh, functools.partial(init_params, model),
                           functools.partial(init_boxed_params, model), tx, step, prepare_batch, abstract_batch,
-                          generate_batch)
+                          sample_images, edit_batch)
 
 
 SPEC = TaskSpec(check_config=check_config, build=build)
