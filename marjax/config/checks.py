@@ -19,7 +19,7 @@ from marjax.parallel.sharding import BATCH_AXES, validate_mesh
 CHOICES = {
     "tokenizer.kind": ("pixels", "kl", "vq", "msvq"),
     "tokenizer.reconstruction": ("l1", "l2"),
-    "data.source": ("tfds", "image_folder", "digits", "cached_latents"),
+    "data.source": ("tfds", "image_folder", "digits", "cached_latents", "cached_codes"),
     "train.lr_schedule": ("constant", "cosine", "lin0"),
     "sample.cfg_schedule": ("linear", "constant"),
     "sample.choice": ("order", "confidence"),

@@ -21,16 +21,16 @@ def base_config(task: str = "mar") -> ml_collections.ConfigDict:
     c.task = task                     # a key of marjax.tasks.registry.TASKS: "mar" | "ar" | "gpt" | "var" | "tokenizer"
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "tfds"            # "tfds" | "image_folder" | "digits" | "cached_latents"
+    c.data.source = "tfds"            # "tfds" | "image_folder" | "digits" | "cached_latents" | "cached_codes"
     c.data.tfds_name = "imagenet2012"
     c.data.tfds_data_dir = config_dict.placeholder(str)  # None: TFDS's default (~/tensorflow_datasets)
     c.data.split = "train"
-    c.data.path = ""                  # image_folder: class subfolders; cached_latents: the cache
+    c.data.path = ""                  # image_folder: class subfolders; cached_latents, cached_codes: the cache
     c.data.skip_bad_images = False    # image_folder: skip (and count) unreadable files instead of stopping
     c.data.image_size = 256
     c.data.channels = 3
     c.data.num_classes = 1000
-    c.data.random_flip = True
+    c.data.random_flip = True         # mirror at random; a cache: draw its flip (latents) or one of its views (codes)
     c.data.worker_count = 0           # grain worker processes (0: decode in the main process)
     c.data.prefetch_buffer_size = 2
 

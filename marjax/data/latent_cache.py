@@ -10,68 +10,37 @@ As the reference: every (center-cropped) image and its horizontal flip are encod
 posterior moments (mean || logvar) of both are stored. Training picks one of the two per
 record and step (when `data.random_flip`) and samples the posterior on device, so it sees the
 same distribution of latents as encoding on the fly. Each process writes the records
-`process_index::process_count` of the source to its own ArrayRecord shard.
+`process_index::process_count` of the source to its own ArrayRecord shard (`token_cache`).
 """
-import glob
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
-from array_record.python import array_record_module
-from flax import serialization
 
 from marjax.data.image_ops import to_model_range
-from marjax.errors import DataError
+from marjax.data.token_cache import CachedTokenSource, write_token_cache
 
-SHARD_PATTERN = "latents-{index:05d}-of-{count:05d}.array_record"
+PREFIX = "latents"
 
 
-class CachedLatentSource:
+class CachedLatentSource(CachedTokenSource):
     """Records of a latent cache: {"moments", "moments_flip": (h, w, 2c) float32, "label": int32}."""
 
     def __init__(self, directory: str):
-        paths = sorted(glob.glob(os.path.join(directory, "latents-*-of-*.array_record")))
-        if not paths:
-            raise DataError(f"data.path={directory!r} holds no latent cache shards (latents-*-of-*.array_record); "
-                            f"write them with `python -m marjax.cache_tokens --config=... --output={directory}`")
-        counts = {int(p.rsplit("-of-", 1)[1].split(".")[0]) for p in paths}
-        if len(counts) != 1 or len(paths) != counts.pop():
-            raise DataError(f"data.path={directory!r} holds an incomplete latent cache: {len(paths)} shards "
-                            f"of {[os.path.basename(p) for p in paths]}")
-        self.source = grain.sources.ArrayRecordDataSource(paths)
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> dict:
-        return serialization.msgpack_restore(self.source[index])
+        super().__init__(directory, PREFIX, "latent")
 
 
-def write_latent_cache(source, moments_fn: Callable[[jax.Array], jax.Array], output: str, batch_size: int,
-                       process_index: int = 0, process_count: int = 1) -> str:
+def write_latent_cache(source: Sequence[dict], moments_fn: Callable[[jax.Array], jax.Array], output: str,
+                       batch_size: int, process_index: int = 0, process_count: int = 1) -> str:
     """Encodes records `process_index::process_count` of `source` (and their flips) into one shard.
 
     moments_fn: (B, H, W, C) images in [-1, 1] -> (B, h, w, 2c) posterior moments (mean || logvar),
-    e.g. a KL tokenizer's `moments`. Returns the shard's path. Records keep the source's order within the shard.
+    e.g. a KL tokenizer's `moments`. Returns the shard's path.
     """
-    os.makedirs(output, exist_ok=True)
-    path = os.path.join(output, SHARD_PATTERN.format(index=process_index, count=process_count))
-    indices = list(range(process_index, len(source), process_count))
-    writer = array_record_module.ArrayRecordWriter(path + ".tmp", "group_size:1")
-    for start in range(0, len(indices), batch_size):
-        records = [source[i] for i in indices[start:start + batch_size]]
-        images = np.stack([to_model_range(r["image"]) for r in records])
-        padded = np.concatenate([images, np.zeros((batch_size - len(images),) + images.shape[1:], images.dtype)])
-        moments = np.asarray(moments_fn(jnp.asarray(padded)))
-        moments_flip = np.asarray(moments_fn(jnp.asarray(padded[:, :, ::-1])))
-        for j, record in enumerate(records):
-            writer.write(serialization.msgpack_serialize({
-                "moments": moments[j], "moments_flip": moments_flip[j], "label": np.int32(record["label"])}))
-        logging.info("cached %d / %d records", min(start + batch_size, len(indices)), len(indices))
-    writer.close()
-    os.replace(path + ".tmp", path)  # a shard appears only when complete
-    return path
+    def encode(images: np.ndarray) -> list[dict]:
+        x = to_model_range(images)
+        moments, moments_flip = (np.asarray(moments_fn(jnp.asarray(v))) for v in (x, x[:, :, ::-1]))
+        return [{"moments": m, "moments_flip": f} for m, f in zip(moments, moments_flip)]
+
+    return write_token_cache(source, encode, output, PREFIX, batch_size, process_index, process_count)

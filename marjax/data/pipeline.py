@@ -19,7 +19,10 @@ from marjax.errors import DataError
 
 
 def _flip(record: dict, rng: np.random.Generator) -> dict:
-    """With probability 1/2: mirror the image (H, W, C), or take the cached flip's posterior."""
+    """With probability 1/2: mirror the image (H, W, C), or take the cached flip's posterior; or one
+    of a code cache's augmentations, uniformly."""
+    if "codes" in record:
+        return {**record, "codes": record["codes"][rng.integers(len(record["codes"]))][None]}
     if rng.random() < 0.5:
         if "moments" in record:
             return {**record, "moments": record["moments_flip"]}
@@ -28,7 +31,10 @@ def _flip(record: dict, rng: np.random.Generator) -> dict:
 
 
 def _to_model_inputs(record: dict) -> dict:
-    """Images -> "images" in [-1, 1]; cached latents -> their posterior "moments"; and "labels"."""
+    """Images -> "images" in [-1, 1]; cached latents -> their posterior "moments"; cached codes -> the
+    "codes" (L,) of the first augmentation left (`_flip` draws one); and "labels"."""
+    if "codes" in record:
+        return {"codes": np.asarray(record["codes"][0], np.int32), "labels": np.int32(record["label"])}
     if "moments" in record:
         return {"moments": np.asarray(record["moments"], np.float32), "labels": np.int32(record["label"])}
     return {"images": to_model_range(record["image"]), "labels": np.int32(record["label"])}
@@ -40,7 +46,8 @@ def make_dataset(source: Sequence[dict], *, global_batch_size: int, seed: int, r
     """An endless dataset of this process's batches.
 
     Each element: {"images": (local_batch, H, W, C) float32 in [-1, 1] (or, from a latent cache,
-    "moments": (local_batch, h, w, 2c)), "labels": (local_batch,) int32}, local_batch =
+    "moments": (local_batch, h, w, 2c); from a code cache, "codes": (local_batch, L) int32),
+    "labels": (local_batch,) int32}, local_batch =
     global_batch_size / process_count. Epochs are reshuffled with a seed
     derived from `seed`; flips are drawn per record and epoch, so they too are reproducible.
     """

@@ -12,6 +12,7 @@ from PIL import Image
 from marjax.data.digits import DigitsSource
 from marjax.data.image_folder import ImageFolderSource
 from marjax.data.image_ops import center_crop
+from marjax.data.code_cache import CachedCodeSource
 from marjax.data.latent_cache import CachedLatentSource
 from marjax.errors import DataError
 
@@ -55,7 +56,8 @@ class TfdsSource:
 
 
 def make_source(data_config) -> Sequence[dict]:
-    """The source named by `config.data.source` ("digits", "image_folder", "tfds", "cached_latents")."""
+    """The source named by `config.data.source` ("digits", "image_folder", "tfds", "cached_latents",
+    "cached_codes")."""
     kind = data_config.source
     if kind == "digits":
         if data_config.channels != 1 or data_config.num_classes != 10:
@@ -71,4 +73,7 @@ def make_source(data_config) -> Sequence[dict]:
                           data_config.tfds_data_dir)
     if kind == "cached_latents":
         return CachedLatentSource(data_config.path)
-    raise DataError(f"unknown data.source {kind!r}; choose 'digits', 'image_folder', 'tfds' or 'cached_latents'")
+    if kind == "cached_codes":
+        return CachedCodeSource(data_config.path)
+    raise DataError(f"unknown data.source {kind!r}; choose 'digits', 'image_folder', 'tfds', 'cached_latents' or "
+                    f"'cached_codes'")

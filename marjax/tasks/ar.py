@@ -31,7 +31,7 @@ from marjax.tasks.editing import known_first_orders, known_token_mask
 from marjax.tasks.generator_task import generator_task
 from marjax.tasks.loss_step import make_loss_step
 from marjax.tasks.recipe import matrix_decay_mask, optimizer_from_config, step_plan
-from marjax.tasks.token_batches import latents_of_batch
+from marjax.tasks.token_batches import check_token_source, codes_of_batch, latents_of_batch
 from marjax.tasks.tokenizer_from_config import check_available, make_tokenizer, tokenizer_spec
 
 
@@ -75,9 +75,7 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
                      "they filter a softmax head's logits; the DiffLoss head samples with sample.temperature")
     if weights:
         check_available(config)
-    if config.data.source == "cached_latents" and (head == "softmax" or config.tokenizer.kind != "kl"):
-        raise ConfigError("data.source='cached_latents' holds KL posteriors: it serves model.head='diffloss' with "
-                          "tokenizer.kind='kl'")
+    check_token_source(config, discrete=head == "softmax")
     unit = spec.stride * config.model.patch_size
     if config.data.image_size % unit:
         raise ConfigError(f"data.image_size={config.data.image_size} is not divisible by the tokenizer stride "
@@ -131,8 +129,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
 
     def prepare_batch(batch: dict, key: jax.Array) -> dict:
         if softmax:
-            codes = tokenizer().encode_codes(batch["images"])
-            return {"tokens": codes.reshape(codes.shape[0], -1), "labels": batch["labels"]}
+            return {"tokens": codes_of_batch(tokenizer(), batch, model.seq_len), "labels": batch["labels"]}
         return {"tokens": patchify(latents_of_batch(tokenizer(), batch, key), model.patch_size),
                 "labels": batch["labels"]}
 

@@ -26,6 +26,7 @@ from marjax.sampling.causal import generate_codes
 from marjax.tasks.base import Task, TaskSpec
 from marjax.tasks.editing import known_token_mask
 from marjax.tasks.generator_task import generator_task
+from marjax.tasks.token_batches import check_token_source, codes_of_batch
 from marjax.tasks.loss_step import code_prediction_loss, make_loss_step
 from marjax.tasks.recipe import matrix_decay_mask, optimizer_from_config, step_plan
 from marjax.tasks.tokenizer_from_config import check_available, make_tokenizer, tokenizer_spec
@@ -78,6 +79,7 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
     if config.data.image_size % stride:
         raise ConfigError(f"data.image_size={config.data.image_size} is not divisible by the VQ tokenizer's "
                           f"stride {stride}")
+    check_token_source(config, discrete=True)
     if weights:
         check_available(config)
 
@@ -107,8 +109,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
 
     def prepare_batch(batch: dict, key: jax.Array) -> dict:
         del key
-        codes = tokenizer().encode_codes(batch["images"])
-        return {"codes": codes.reshape(codes.shape[0], -1), "labels": batch["labels"]}
+        return {"codes": codes_of_batch(tokenizer(), batch, model.seq_len), "labels": batch["labels"]}
 
     def abstract_batch(batch_size: int) -> dict:
         sharding = batch_sharding(mesh)

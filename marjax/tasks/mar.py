@@ -25,7 +25,7 @@ from marjax.tasks.editing import known_token_mask
 from marjax.tasks.generator_task import generator_task
 from marjax.tasks.mar_step import make_train_step, weight_decay_mask
 from marjax.tasks.recipe import optimizer_from_config, step_plan
-from marjax.tasks.token_batches import latents_of_batch
+from marjax.tasks.token_batches import check_token_source, codes_of_batch, latents_of_batch
 from marjax.tasks.tokenizer_from_config import check_available, make_tokenizer, tokenizer_spec
 
 
@@ -88,9 +88,7 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
                      "the DiffLoss head keeps the tokens of the random order")
     if weights:
         check_available(config)
-    if config.data.source == "cached_latents" and config.tokenizer.kind != "kl":
-        raise ConfigError("data.source='cached_latents' holds KL posteriors: set tokenizer.kind='kl' and "
-                          "tokenizer.checkpoint to the tokenizer that wrote them")
+    check_token_source(config, discrete=m.head == "softmax")
     unit = spec.stride * m.patch_size
     if config.data.image_size % unit:
         raise ConfigError(f"data.image_size={config.data.image_size} is not divisible by the tokenizer stride "
@@ -133,7 +131,9 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
 
     def prepare_batch(batch: dict, key: jax.Array) -> dict:
         if softmax:
-            return {"codes": tokenizer().encode_codes(batch["images"]), "labels": batch["labels"]}
+            side = model.latent_size
+            codes = codes_of_batch(tokenizer(), batch, side * side)
+            return {"codes": codes.reshape(-1, side, side), "labels": batch["labels"]}
         return {"latents": latents_of_batch(tokenizer(), batch, key), "labels": batch["labels"]}
 
     def abstract_batch(batch_size: int) -> dict:

@@ -28,6 +28,7 @@ from marjax.parallel.sharding import batch_sharding
 from marjax.sampling.next_scale import generate_var, scale_masks
 from marjax.tasks.base import Task, TaskSpec
 from marjax.tasks.generator_task import generator_task
+from marjax.tasks.token_batches import check_token_source, codes_of_batch
 from marjax.tasks.loss_step import code_prediction_loss, make_loss_step
 from marjax.tasks.recipe import matrix_decay_mask, optimizer_from_config, step_plan
 from marjax.tasks.tokenizer_from_config import check_available, check_msvq_image_size, make_tokenizer
@@ -82,6 +83,7 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
     if config.sample.cfg != 0.0 and config.train.label_drop_prob <= 0:
         raise ConfigError(f"sample.cfg={config.sample.cfg} needs the null class to have been trained: "
                           f"train.label_drop_prob > 0 (got {config.train.label_drop_prob})")
+    check_token_source(config, discrete=True)
     if weights:
         check_available(config)
 
@@ -116,8 +118,9 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
 
     def prepare_batch(batch: dict, key: jax.Array) -> dict:
         del key
-        codes = tokenizer().encode_codes(batch["images"])
-        targets = jnp.concatenate([c.reshape(c.shape[0], -1) for c in codes], axis=1)
+        targets = codes_of_batch(tokenizer(), batch, model.seq_len)
+        bounds = np.cumsum([p * p for p in model.patch_nums])[:-1]
+        codes = [c.reshape(-1, p, p) for c, p in zip(jnp.split(targets, bounds, axis=1), model.patch_nums)]
         return {"targets": targets, "inputs": tokenizer().teacher_forcing_input(codes), "labels": batch["labels"]}
 
     def abstract_batch(batch_size: int) -> dict:
