@@ -1,12 +1,18 @@
-"""Run by tests/test_sharding.py in a subprocess with 8 fake CPU devices: the same tiny MAR steps
-on several meshes, printed as one JSON line.
+"""Run by tests/test_sharding.py in a subprocess with 8 fake CPU devices: the same tiny steps of a
+family on several meshes, printed as one JSON line.
 
-For each mesh: the losses of `NUM_STEPS` train steps on fixed batches (the program's own task,
-init and jitted step), and, for a few params, the mesh spec and the shape of one device's shard
-of the param, its EMA and its first Adam moment.
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python -m tests.sharded_training [FAMILY]
+
+FAMILY: a registered task with a generator's state (default "mar", the test's; "ar", "gpt" and
+"var" use `tests.tiny_configs`). For each mesh: the losses of `NUM_STEPS` train steps on fixed
+batches (the program's own task, init and jitted step), and for a few params (MAR's `WATCHED`,
+else the largest) the mesh spec and the shape of one device's shard of the param, its EMA and its
+first Adam moment.
 """
 import json
+import pathlib
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -15,6 +21,7 @@ from marjax.tasks.train_state import jit_train_step
 from marjax.parallel.sharding import batch_sharding, mesh_from_config
 from marjax.tasks.registry import make_task
 from configs import digits
+from tests.tiny_configs import TINY_CONFIGS
 
 NUM_STEPS = 3
 BATCH = 16
@@ -23,7 +30,12 @@ WATCHED = (("decoder_blocks_0", "mlp", "fc1", "kernel"), ("decoder_pos_embed_lea
            ("decoder_blocks_0", "norm1", "scale"))
 
 
-def tiny_config():
+def tiny_config(family: str, folder: pathlib.Path):
+    if family != "mar":
+        c = TINY_CONFIGS[family](folder)
+        c.train.update(global_batch_size=BATCH, num_steps=NUM_STEPS, warmup_epochs=0.0)
+        c.mesh.fsdp_min_size = 256
+        return c
     c = digits.get_config()
     c.model.update(encoder_width=32, encoder_depth=1, encoder_heads=2, decoder_width=32, decoder_depth=1,
                    decoder_heads=2, diffloss_depth=1, diffloss_width=32)
@@ -41,7 +53,14 @@ def _leaf(tree, path):
     return tree
 
 
-def run(config, devices) -> dict:
+def largest_param(params) -> tuple[str, ...]:
+    """The path of the param with the most elements."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    path, _ = max(leaves, key=lambda item: item[1].size)
+    return tuple(k.key for k in path)
+
+
+def run(config, devices, watched_paths) -> dict:
     mesh = mesh_from_config(config.mesh, devices)
     task = make_task(config, mesh, num_records=1000)
     state = jax.jit(task.init, out_shardings=task.shardings)(jax.random.key(0))
@@ -49,14 +68,15 @@ def run(config, devices) -> dict:
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(NUM_STEPS):
-        batch = {"images": rng.uniform(-1, 1, (BATCH, 8, 8, 1)).astype(np.float32),
+        size = config.data.image_size
+        batch = {"images": rng.uniform(-1, 1, (BATCH, size, size, 1)).astype(np.float32),
                  "labels": rng.integers(0, 10, BATCH).astype(np.int32)}
         batch = task.prepare_batch(jax.device_put(batch, batch_sharding(mesh)), jax.random.key(1))
         state, metrics = step(state, batch, jax.random.key(2), task.frozen)
         losses.append(float(metrics["loss"]))
     adam_mu = state.opt_state[1][0].mu  # chain(clip, adamw): adamw's scale_by_adam state
     watched = {}
-    for path in WATCHED:
+    for path in watched_paths or [largest_param(state.params)]:
         arrays = {"param": _leaf(state.params, path), "ema": _leaf(state.ema_params, path),
                   "adam_mu": _leaf(adam_mu, path)}
         watched["/".join(path)] = {name: {"spec": [a if a is None or isinstance(a, str) else list(a)
@@ -68,11 +88,13 @@ def run(config, devices) -> dict:
 
 
 def main() -> None:
+    family = sys.argv[1] if len(sys.argv) > 1 else "mar"
     results = {}
-    for name, (data, fsdp, tensor) in MESHES.items():
-        config = tiny_config()
-        config.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
-        results[name] = run(config, jax.devices()[:data * fsdp * tensor])
+    with tempfile.TemporaryDirectory() as folder:
+        for name, (data, fsdp, tensor) in MESHES.items():
+            config = tiny_config(family, pathlib.Path(folder) / name)
+            config.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
+            results[name] = run(config, jax.devices()[:data * fsdp * tensor], WATCHED if family == "mar" else None)
     json.dump(results, sys.stdout)
     print()
 

@@ -57,15 +57,13 @@ def test_dead_codes_are_revived_and_then_hit():
     before = np.asarray(used(state.params["model"]))
     assert before[4:].sum() == 0
 
-    def step_every(every):
-        return jax.jit(make_tokenizer_train_step(MODEL, disc, tx, tx, TokenizerLoss(), dead=DeadCodes(every, 0.03)))
-
+    step = jax.jit(make_tokenizer_train_step(MODEL, disc, tx, tx, TokenizerLoss(), dead=DeadCodes(2, 0.03)))
     # not a remedy step (step 0 of every 2): nothing changes but the counts
-    after_quiet, metrics = step_every(2)(state, {"images": images}, jax.random.key(2), None)
+    after_quiet, metrics = step(state, {"images": images}, jax.random.key(2), None)
     assert int(metrics["revived"]) == 0 and int(metrics["dead_codes"]) >= 28
     assert np.all(np.asarray(after_quiet.params["model"]["quantizer"]["codebook"][4:]) == 50.0)
 
-    new_state, metrics = step_every(1)(state, {"images": images}, jax.random.key(2), None)
+    new_state, metrics = step(after_quiet, {"images": images}, jax.random.key(3), None)  # step 1: the remedy
     revived = int(metrics["revived"])
     assert revived >= 28 and revived == int(metrics["dead_codes"])
     codebook = new_state.params["model"]["quantizer"]["codebook"]

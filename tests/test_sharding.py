@@ -141,23 +141,45 @@ def test_mesh_sizes_and_rules_from_the_config():
         mesh_from_config(mesh_config)
 
 
-@pytest.fixture(scope="module")
-def sharded_runs():
+def sharded_training(family: str) -> dict:
+    """`tests.sharded_training` of `family` in a subprocess with 8 fake devices -> its JSON."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **fake_devices(8)}
-    result = subprocess.run([sys.executable, "-m", "tests.sharded_training"], cwd=REPO, env=env,
+    result = subprocess.run([sys.executable, "-m", "tests.sharded_training", family], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_sharded_training_matches_one_device(sharded_runs):
+@pytest.fixture(scope="module")
+def sharded_runs():
+    return sharded_training("mar")
+
+
+def check_losses_match(runs: dict) -> None:
     """8-device FSDP and 2x2x2 data/FSDP/tensor give the one-device losses to rtol 1e-5: the
     same math, only the reduction order of sharded sums differs (observed: < 1e-6)."""
-    reference = sharded_runs["one_device"]["losses"]
+    reference = runs["one_device"]["losses"]
     assert len(reference) == 3 and all(np.isfinite(reference))
     for name in ("fsdp8", "data2_fsdp2_tensor2"):
-        assert sharded_runs[name]["num_devices"] == 8
-        np.testing.assert_allclose(sharded_runs[name]["losses"], reference, rtol=1e-5, err_msg=name)
+        assert runs[name]["num_devices"] == 8
+        np.testing.assert_allclose(runs[name]["losses"], reference, rtol=1e-5, err_msg=name)
+
+
+def test_sharded_training_matches_one_device(sharded_runs):
+    check_losses_match(sharded_runs)
+
+
+@pytest.mark.slow  # about a minute per family; CI runs MAR's above, `pytest -m slow tests/test_sharding.py` these
+@pytest.mark.parametrize("family", ["ar", "gpt", "var"])
+def test_every_family_trains_sharded_as_on_one_device(family):
+    """The other families' tiny steps on the same meshes: equal losses, and their largest param
+    (with its EMA and Adam moment) split over "fsdp" on the FSDP mesh."""
+    runs = sharded_training(family)
+    check_losses_match(runs)
+    (watched,) = runs["fsdp8"]["watched"].values()
+    for array in ("param", "ema", "adam_mu"):
+        assert "fsdp" in watched[array]["spec"], (array, watched[array])
+        assert np.prod(watched[array]["shard_shape"]) * 8 == np.prod(watched[array]["shape"]), watched[array]
 
 
 @pytest.mark.parametrize("run, param, spec, shard_shape", [
