@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from marjax.data.class_labels import sample_labels
-from marjax.image_files import grid_columns, image_grid, write_samples
+from marjax.image_files import LABEL_MARGIN, class_rows, grid_columns, image_grid, write_samples
 
 
 def test_sample_labels_balanced_sorted_and_checked():
@@ -29,7 +29,18 @@ def test_write_samples_png_and_npz(tmp_path):
     assert grid_columns(labels) == 3
     png = write_samples(str(tmp_path), "step_5", images, labels)
     with Image.open(png) as grid:
-        assert min(grid.size) >= 256
+        picture = np.asarray(grid)
+    assert picture.shape[1] >= 512 + LABEL_MARGIN and picture.shape[0] >= 256
+    # one row per class: the class id written in the white margin beside each of the two rows
+    margin = picture[:, :LABEL_MARGIN]
+    half = picture.shape[0] // 2
+    assert (margin[:half] < 128).any() and (margin[half:] < 128).any() and (margin > 250).mean() > 0.8
     data = np.load(tmp_path / "step_5.npz")
     np.testing.assert_array_equal(data["images"], images)
     np.testing.assert_array_equal(data["labels"], labels)
+
+
+def test_rows_are_labelled_only_when_each_holds_one_class():
+    assert class_rows(np.array([3, 3, 7, 7]), 2) == ["3", "7"]
+    assert class_rows(np.array([3, 7, 7, 7]), 2) is None
+    assert class_rows(np.array([3, 3, 3]), 2) is None
