@@ -17,7 +17,7 @@ LAYERS = [
     {"models"},
     {"sampling"},
     {"tasks"},
-    {"main", "train", "sample", "edit", "evaluate", "compile_report", "convert", "cache_tokens", "digits_check"},
+    {"main", "api", "train", "sample", "edit", "evaluate", "compile_report", "convert", "cache_tokens", "digits_check"},
 ]
 PROGRAM_DISPATCHER = "main"
 # Config files are read where a config meets a family (tasks) and by the programs.
