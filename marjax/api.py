@@ -1,6 +1,5 @@
-"""The Python API: a trained or converted run in one call, then images.
+"""The Python API: a trained or converted run in one call, then images. With this module as `marjax.api`:
 
-  import marjax.api
   run = marjax.api.load("configs/digits.py", "/tmp/marjax-digits")
   images = run.generate([3, 3, 7], seed=0, cfg=2.0)        # (3, 8, 8, 1) uint8
   edited = run.edit(images[0], keep, label=5)              # keep: (8, 8) bool, True = keep the pixel
