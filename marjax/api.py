@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from marjax.compile_cache import use_compile_cache
 from marjax.config.loading import check_overrides, load_config_file
 from marjax.data.class_labels import sample_labels
 from marjax.data.image_ops import to_model_range
@@ -99,6 +100,7 @@ def load(config: str | ml_collections.ConfigDict, workdir: str, overrides: dict[
     if isinstance(config, str):
         config = load_config_file(config)
     config = _with_overrides(config, overrides or {})
+    use_compile_cache(config.compile_cache.dir, config.compile_cache.enabled)
     task, params, step = restore_generator(config, workdir)
     return Run(config=config, task=task, params=params, step=step)
 
@@ -112,7 +114,12 @@ def _with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
         target = config
         for part in section.split(".") if section else []:
             target = target[part]
-        target[field] = value
+        if isinstance(target[field], str) and isinstance(value, int):
+            value = str(value)  # a step count where the field holds a respacing string ("100", "ddim50")
+        try:
+            target[field] = value
+        except TypeError as e:
+            raise ConfigError(f"{key}={value!r}: {e}") from e
     check_config(config)
     return config
 

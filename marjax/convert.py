@@ -1,6 +1,7 @@
 """Converts the published PyTorch checkpoints of MAR, LlamaGen and VAR and their tokenizers, and back.
 
   python -m marjax.convert --kind=mar --input=checkpoint-last.pth --output=/ckpt/mar_large
+  python -m marjax.convert --kind=mar --input=my_ablation.pth --output=/ckpt/mine --heads=8 --latent_channels=32
   python -m marjax.convert --kind=kl16 --input=kl16.ckpt --output=/ckpt/kl16
   python -m marjax.convert --kind=gpt --input=c2i_B_256.pt --output=/ckpt/gpt_b
   python -m marjax.convert --kind=vq --input=vq_ds16_c2i.pt --output=/ckpt/vq16
@@ -12,8 +13,13 @@ Generators (mar, gpt, var) become step 0 of a marjax workdir: params and EMA par
 state (with a fresh optimizer state) and the preset's config beside them, which `--mode=sample` and
 fine-tuning read. Tokenizers (kl16, vq, msvq) become an Orbax params directory, the one
 `--config.tokenizer.checkpoint` takes. Sizes are inferred from the shapes:
-- mar: the preset whose widths and depths match (`--preset` forces one). The file's "model" and
-  "model_ema" are the params and EMA params; `--weights=ema|model` puts one copy in both places.
+- mar: any size the reference trains. Widths, depths, MLP ratio, classes, token grid, buffer size
+  and the DiffLoss MLP from the shapes (`mar_torch_layout.mar_sizes_from_state`); the heads,
+  which the file does not record, are the published size's for that width, else width / 64, else
+  `--heads`; the patch size is the token dim over `--latent_channels` (default 16, KL-16's). The
+  recipe is the published size's (`--preset` names another), and the config is also written as
+  OUTPUT/config.py, which `--config=` takes. The file's "model" and "model_ema" are the params and
+  EMA params; `--weights=ema|model` puts one copy in both places.
 - gpt: LlamaGen's state dict under "model", "module" or "state_dict", or the bare dict, and its
   "ema" when present (a file with one copy gives it to both); `--weights=ema|model` picks one.
   Width and codebook size from tok_embeddings, depth from the layer count, classes from
@@ -36,7 +42,6 @@ file that also pickles other objects (e.g. training args) needs `--allow_pickle`
 files you trust.
 """
 import os
-import re
 import sys
 from collections.abc import Callable
 
@@ -48,6 +53,7 @@ import torch
 from absl import app, flags
 
 from marjax.checkpoints import RunCheckpoints
+from marjax.config.config_file import write_config_file
 from marjax.config.defaults import base_config
 from marjax.errors import ConversionError, MarjaxError
 from marjax.models import gpt_torch_layout, mar_torch_layout, var_torch_layout
@@ -71,6 +77,7 @@ from marjax.tokenizers.llamagen_vq import llamagen_vq
 from marjax.tokenizers.msvq_vae import VQVAE
 from marjax.tokenizers.vq import VQModel
 from marjax.torch_files import load_torch_file
+from marjax.torch_layout import num_blocks
 
 KINDS = ("mar", "kl16", "gpt", "vq", "var", "msvq")
 # The sizes `--preset` may name, per kind; the other kinds have one architecture.
@@ -94,8 +101,22 @@ PRESET = flags.DEFINE_string("preset", None, "Size (mar, gpt, vq, var: a key of 
 IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "gpt: the image size of the codes it was trained on, which "
                                   "the file does not record: 256 for LlamaGen's *_256.pt, 384 for *_384.pt "
                                   "(16x16 or 24x24 VQ-16 tokens).")
+LATENT_CHANNELS = flags.DEFINE_integer("latent_channels", 16, "mar: the tokenizer's latent channels (the reference's "
+                                       "vae_embed_dim); with the token dim in the file it gives the patch size.")
+HEADS = flags.DEFINE_string("heads", "", "mar: attention heads, which the file does not record: N, or ENCODER,DECODER. "
+                            "Default: the published size's heads for its width, else width / 64.")
 ALLOW_PICKLE = flags.DEFINE_bool("allow_pickle", False, "Load with weights_only=False (trusted files only).")
 TO = flags.DEFINE_enum("to", "marjax", ["marjax", "torch"], "Conversion direction.")
+
+
+def parse_heads(text: str) -> tuple[int, int] | None:
+    """--heads: "" -> None, "N" -> (N, N), "E,D" -> (E, D); ConversionError for anything else."""
+    if not text:
+        return None
+    parts = text.split(",")
+    if len(parts) > 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ConversionError(f"--heads={text!r}: give a head count N, or ENCODER,DECODER counts")
+    return int(parts[0]), int(parts[-1])
 
 
 def check_preset(kind: str, preset: str | None) -> None:
@@ -124,11 +145,6 @@ def _fit(to_params, state: dict, target, reference_state: Callable[[], dict]) ->
 def zeros_of_shapes(shapes):
     """Broadcast zeros of a tree of shapes: a state dict's keys and shapes without allocating it."""
     return jax.tree.map(lambda s: np.broadcast_to(np.float32(0), s.shape), shapes)
-
-
-def _num_blocks(state: dict, prefix: str) -> int:
-    """How many `{prefix}.{i}.` indices the keys hold."""
-    return len({int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"\.(\d+)\.", k))})
 
 
 def _state_dict(value, where: str) -> dict:
@@ -182,20 +198,32 @@ def write_workdir(model_state: dict, ema_state: dict, config: ml_collections.Con
     checkpoints.close()
 
 
-def infer_mar_preset(state: dict[str, np.ndarray]) -> str:
-    """The preset whose widths and depths match the state dict; ConversionError listing them if none."""
+def mar_config_from_state(state: dict[str, np.ndarray], preset: str | None = None, latent_channels: int = 16,
+                          heads: tuple[int, int] | None = None) -> tuple[str, ml_collections.ConfigDict]:
+    """(a name for the size, the run config) of a reference MAR state dict: every size read from its
+    shapes (`mar_torch_layout.mar_sizes_from_state`, with `latent_channels` and `heads` settling
+    what the shapes leave open), on the ImageNet recipe of `preset`, else of the published size
+    with these sizes, else MAR-L's. KL-16 tokens of `latent_channels` channels; the image size
+    is the token grid times the tokenizer's stride. The name is the published size's, or
+    "custom"."""
     try:
-        found = dict(encoder_width=state["z_proj.weight"].shape[0], encoder_depth=_num_blocks(state, "encoder_blocks"),
-                     decoder_width=state["decoder_embed.weight"].shape[0],
-                     decoder_depth=_num_blocks(state, "decoder_blocks"),
-                     diffloss_width=state["diffloss.net.input_proj.weight"].shape[0],
-                     diffloss_depth=_num_blocks(state, "diffloss.net.res_blocks"))
+        sizes = mar_torch_layout.mar_sizes_from_state(state, latent_channels, heads)
     except KeyError as e:
-        raise ConversionError(f"not a MAR state dict: key {e} is missing") from e
-    for name, sizes in MAR_PRESETS.items():
-        if all(found[k] == sizes[k] for k in found):
-            return name
-    raise ConversionError(f"no MAR preset has these sizes: {found}; give --preset to force one")
+        raise ConversionError(f"not a MAR state dict: key {e} is missing; found keys {_some_keys(state)}") from e
+    except ValueError as e:
+        raise ConversionError(str(e)) from e
+    latent_size, num_classes = sizes.pop("latent_size"), sizes.pop("num_classes")
+    sizes.pop("latent_channels")
+    published = next((name for name, fields in MAR_PRESETS.items()
+                      if all(sizes[k] == v for k, v in fields.items())), None)
+    imagenet = (latent_size, latent_channels, num_classes, sizes["buffer_size"], sizes["patch_size"],
+                sizes["mlp_ratio"]) == (16, 16, 1000, 64, 1, 4.0)
+    config = mar_task.imagenet_mar_config(preset or published or "mar_large", cfg=1.0)
+    config.model.update(sizes)
+    config.tokenizer.embed_dim = latent_channels
+    config.data.num_classes = num_classes
+    config.data.image_size = latent_size * tokenizer_spec(config).stride
+    return (published if published and imagenet else "custom"), config
 
 
 def mar_state_dicts(content: dict, weights: str) -> tuple[dict, dict]:
@@ -216,12 +244,15 @@ def mar_state_dicts(content: dict, weights: str) -> tuple[dict, dict]:
     return content[key], content[key]
 
 
-def convert_mar(content: dict, output: str, weights: str, preset: str | None) -> str:
-    """Writes step 0 of a marjax workdir at `output` for a published size; returns the preset."""
+def convert_mar(content: dict, output: str, weights: str, preset: str | None, latent_channels: int = 16,
+                heads: tuple[int, int] | None = None) -> tuple[str, ml_collections.ConfigDict]:
+    """Writes step 0 of a marjax workdir at `output`, and its config as `output`/config.py, for a
+    reference MAR file of any size (`mar_config_from_state`); returns (the size's name, the config)."""
     model_state, ema_state = mar_state_dicts(content, weights)
-    preset = preset or infer_mar_preset(model_state)
-    write_workdir(model_state, ema_state, mar_task.imagenet_mar_config(preset, cfg=1.0), output)
-    return preset
+    name, config = mar_config_from_state(model_state, preset, latent_channels, heads)
+    write_workdir(model_state, ema_state, config, output)
+    write_config_file(config, os.path.join(output, "config.py"), f"A MAR converted by marjax.convert ({name}).", output)
+    return name, config
 
 
 def gpt_state_dicts(content: dict, weights: str) -> tuple[dict, dict]:
@@ -255,7 +286,7 @@ def infer_gpt(state: dict[str, np.ndarray], preset: str | None = None) -> dict:
         rows = np.shape(state["cls_embedding.embedding_table.weight"])[0]
     except KeyError as e:
         raise ConversionError(f"not a LlamaGen GPT state dict: key {e} is missing") from e
-    depth = _num_blocks(state, "layers")
+    depth = num_blocks(state, "layers")
     if preset is None:
         preset = next((name for name, sizes in GPT_PRESETS.items()
                        if (sizes["width"], sizes["depth"]) == (width, depth)), None)
@@ -313,7 +344,7 @@ def infer_var(state: dict[str, np.ndarray], preset: str | None = None) -> dict:
         raise ConversionError(f"not a VAR state dict (var_dN.pth holds it at the top level): key {e} is missing; "
                               f"found keys {_some_keys(state)}") from e
     if preset is None:
-        depth, shared = _num_blocks(state, "blocks"), "shared_ada_lin.1.weight" in state
+        depth, shared = num_blocks(state, "blocks"), "shared_ada_lin.1.weight" in state
         preset = f"d{depth}" + ("-s" if shared else "")
         if preset not in VAR_PRESETS:
             raise ConversionError(f"no VAR preset has depth {depth}{' with shared AdaLN' if shared else ''} "
@@ -349,13 +380,38 @@ def write_params_dir(params: dict, output: str) -> None:
     checkpointer.wait_until_finished()
 
 
-def convert_kl16(content: dict, output: str, model: AutoencoderKL = AutoencoderKL(**KL_PRESETS["kl16"])) -> None:
-    """Writes the VAE params (of `model`, by default kl16) as an Orbax checkpoint at `output`."""
+def kl_model(embed_dim: int = 16) -> AutoencoderKL:
+    """The reference's KL VAE (KL-16's architecture) with `embed_dim` latent channels."""
+    return AutoencoderKL(**{**KL_PRESETS["kl16"], "embed_dim": embed_dim})
+
+
+def kl_config(embed_dim: int, directory: str) -> ml_collections.ConfigDict:
+    """MAR-L's ImageNet run on the latents of the converted KL VAE in `directory`."""
+    config = mar_task.imagenet_mar_config("mar_large", cfg=1.0)
+    config.tokenizer.update(kind="kl", checkpoint=directory, embed_dim=embed_dim)
+    return config
+
+
+def convert_kl16(content: dict, output: str, model: AutoencoderKL | None = None) -> AutoencoderKL:
+    """Writes the VAE params as an Orbax checkpoint at `output` and returns their model: `model`, or
+    the reference's KL VAE with the latent width (embed_dim) of the file's post_quant_conv. With
+    the inferred model, also `output`/config.py (`kl_config`), whose tokenizer section reads it."""
     state = _state_dict(content.get("model", content), "'model'")
     state = {k: v for k, v in state.items() if not k.startswith("loss.")}  # training-time loss modules
+    inferred = model is None
+    if inferred:
+        if "post_quant_conv.weight" not in state:
+            raise ConversionError(f"not a KL VAE state dict: key 'post_quant_conv.weight' is missing; found keys "
+                                  f"{_some_keys(state)}")
+        model = kl_model(int(np.shape(state["post_quant_conv.weight"])[0]))
     target = abstract_tokenizer_params(model)
     write_params_dir(_fit(kl_torch_layout.params_from_torch_state, state, target,
                           lambda: kl_torch_layout.torch_state_from_params(zeros_of_shapes(target))), output)
+    if inferred:
+        write_config_file(kl_config(model.embed_dim, output), os.path.join(output, "config.py"),
+                          f"MAR-L's ImageNet recipe on the latents of the KL VAE (embed_dim {model.embed_dim}) in "
+                          f"this directory.", "<workdir>")
+    return model
 
 
 def infer_vq_preset(num_levels: int) -> str:
@@ -371,7 +427,7 @@ def vq_model_for_state(state: dict[str, np.ndarray], preset: str | None = None) 
     if "quantize.embedding.weight" not in state:
         raise ConversionError(f"not a LlamaGen VQ state dict: key 'quantize.embedding.weight' is missing; found keys "
                               f"{_some_keys(state)}")
-    preset = preset or infer_vq_preset(_num_blocks(state, "encoder.conv_blocks"))
+    preset = preset or infer_vq_preset(num_blocks(state, "encoder.conv_blocks"))
     codebook_size, code_dim = np.shape(state["quantize.embedding.weight"])
     return llamagen_vq(preset, codebook_size=int(codebook_size), code_dim=int(code_dim))
 
@@ -458,15 +514,28 @@ def generator_torch_content(kind: str, directory: str, weights: str = "both") ->
                                                     var_task.model_from_config(config))
 
 
+def params_tree(directory: str) -> dict:
+    """The shapes of the params an Orbax directory holds (its metadata tree; nothing is read)."""
+    metadata = ocp.StandardCheckpointer().metadata(os.path.abspath(directory))
+    return getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
+
+
 def vq_model_of_directory(directory: str, preset: str | None = None) -> VQModel:
     """The `llamagen_vq` whose params an Orbax directory holds, from its levels and codebook."""
-    metadata = ocp.StandardCheckpointer().metadata(os.path.abspath(directory))
-    tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
+    tree = params_tree(directory)
     if "quantizer" not in tree or "encoder" not in tree:
         raise ConversionError(f"{directory} does not hold a VQ tokenizer's params (its top level: {sorted(tree)})")
     preset = preset or infer_vq_preset(llamagen_vq_torch_layout.num_levels(tree))
     codebook_size, code_dim = tree["quantizer"]["codebook"].shape
     return llamagen_vq(preset, codebook_size=int(codebook_size), code_dim=int(code_dim))
+
+
+def kl_model_of_directory(directory: str) -> AutoencoderKL:
+    """The `kl_model` whose params an Orbax directory holds, by its post_quant_conv's width."""
+    tree = params_tree(directory)
+    if "post_quant_conv" not in tree:
+        raise ConversionError(f"{directory} does not hold a KL VAE's params (its top level: {sorted(tree)})")
+    return kl_model(int(tree["post_quant_conv"]["kernel"].shape[-1]))
 
 
 def tokenizer_torch_content(kind: str, directory: str, preset: str | None = None,
@@ -478,7 +547,7 @@ def tokenizer_torch_content(kind: str, directory: str, preset: str | None = None
     if kind == "vq":
         model = model or vq_model_of_directory(directory, preset)
     elif model is None:
-        model = AutoencoderKL(**KL_PRESETS["kl16"]) if kind == "kl16" else VQVAE()
+        model = kl_model_of_directory(directory) if kind == "kl16" else VQVAE()
     try:
         params = load_converted_params(model, directory)
     except (ValueError, KeyError) as e:
@@ -549,9 +618,14 @@ def main(argv: list[str]) -> None:
             return
         content = load_torch_file(INPUT.value, ALLOW_PICKLE.value)
         if kind == "mar":
-            preset = convert_mar(content, output, WEIGHTS.value, PRESET.value)
-            print(f"wrote {preset} weights to {output}/checkpoints/0; sample with\n  python -m marjax.main "
-                  f"--config=configs/{preset}.py --workdir={output} --mode=sample "
+            name, config = convert_mar(content, output, WEIGHTS.value, PRESET.value, LATENT_CHANNELS.value,
+                                       parse_heads(HEADS.value))
+            m = config.model
+            print(f"wrote a MAR ({name}: widths {m.encoder_width}/{m.decoder_width}, depths {m.encoder_depth}/"
+                  f"{m.decoder_depth}, heads {m.encoder_heads}/{m.decoder_heads}, DiffLoss {m.diffloss_depth} x "
+                  f"{m.diffloss_width}, {config.data.num_classes} classes, {config.data.image_size} px) to "
+                  f"{output}/checkpoints/0 and its config to {output}/config.py; sample with\n  python -m "
+                  f"marjax.main --config={output}/config.py --workdir={output} --mode=sample "
                   f"--config.tokenizer.checkpoint=<converted kl16 dir>")
         elif kind == "gpt":
             preset, config = convert_gpt(content, output, WEIGHTS.value, PRESET.value, IMAGE_SIZE.value)
@@ -579,8 +653,10 @@ def main(argv: list[str]) -> None:
             print(f"wrote VAR's multi-scale VQVAE to {output}; use --config.tokenizer.checkpoint={output} with "
                   f"configs/var_imagenet.py (tokenizer.kind='msvq')")
         else:
-            convert_kl16(content, output)
-            print(f"wrote the KL-16 VAE to {output}; use --config.tokenizer.checkpoint={output}")
+            model = convert_kl16(content, output)
+            print(f"wrote the KL VAE ({model.embed_dim} latent channels) to {output}; a config reads it with\n    "
+                  f"--config.tokenizer.checkpoint={output} --config.tokenizer.embed_dim={model.embed_dim}\n"
+                  f"({output}/config.py: MAR-L's ImageNet recipe on these latents)")
     except MarjaxError as e:
         sys.exit(f"error: {e}")
 

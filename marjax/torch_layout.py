@@ -3,12 +3,18 @@
 Each model's layout module supplies how one entry maps (key and array); these functions check
 that every key is used, every param filled and every shape right, and report all problems at once.
 """
+import re
 from collections.abc import Callable, Mapping
 
 import flax
 import numpy as np
 
 Path = tuple[str, ...]
+
+
+def num_blocks(state: Mapping[str, object], prefix: str) -> int:
+    """How many `{prefix}.{i}.` indices the keys of `state` hold (a module list's length)."""
+    return len({int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"\.(\d+)\.", k))})
 
 
 def params_from_state(state: Mapping[str, np.ndarray], expected: Mapping[Path, object],

@@ -82,7 +82,8 @@ def test_unknown_override_lists_valid_keys_with_a_suggestion():
     (("data", "channels", 4), "data.channels=4: images have 1 .* or 3"),
     (("model", "patch_size", 0), "model.patch_size must be >= 1"),
     (("sample", "num_iter", 0), "sample.num_iter must be >= 1"),
-    (("sample", "num_diffusion_steps", -1), "sample.num_diffusion_steps must be >= 1"),
+    (("sample", "num_diffusion_steps", "-1"), "sample.num_diffusion_steps='-1'.*not a positive step count"),
+    (("sample", "num_diffusion_steps", "ddim999"), "sample.num_diffusion_steps='ddim999'.*no integer stride"),
     (("sample", "classes", "cat"), r"sample.classes='cat' must list class ids in \[0, 10\)"),
     (("sample", "seed", -1), "sample.seed must be >= 0"),
 ])

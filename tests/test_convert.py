@@ -20,7 +20,7 @@ from marjax.models.mar import PRESETS, init_params, mar_preset
 from marjax.parallel.sharding import make_mesh
 from marjax.tasks.mar import model_from_config
 from marjax.tasks.registry import make_task
-from marjax.tasks.tokenizer_from_config import load_converted_params
+from marjax.tasks.tokenizer_from_config import abstract_tokenizer_params, load_converted_params, tokenizer_spec
 from marjax.tokenizers import kl_torch_layout
 from marjax.tokenizers.kl import KLTokenizer
 from tests.vae_reference import TINY_VAE, load_reference, reference_state
@@ -66,19 +66,64 @@ def test_pickled_objects_need_an_explicit_opt_in(tmp_path):
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_preset_is_inferred_from_shapes(preset):
+def test_a_published_size_is_recognised_with_its_recipe(preset):
     shapes = jax.eval_shape(lambda: init_params(mar_preset(preset), jax.random.key(0)))
     state = mar_torch_layout.torch_state_from_params(
         jax.tree.map(lambda s: np.broadcast_to(np.float32(0), s.shape), shapes))
-    assert convert.infer_mar_preset(state) == preset
+    name, config = convert.mar_config_from_state(state)
+    assert name == preset
+    assert {k: config.model[k] for k in PRESETS[preset]} == PRESETS[preset]
+    assert (config.data.image_size, config.data.num_classes, config.model.buffer_size) == (256, 1000, 64)
+    assert config.train.num_epochs == 800.0
 
 
-def test_unknown_sizes_and_non_mar_files_are_named():
+TINY_SIZES = dict(encoder_width=32, encoder_depth=2, encoder_heads=4, decoder_width=48, decoder_depth=2,
+                  decoder_heads=2, mlp_ratio=4.0, num_classes=10, buffer_size=4, diffloss_width=24,
+                  diffloss_depth=2, patch_size=2, latent_size=8, latent_channels=4)
+
+
+def test_every_size_of_a_non_published_model_is_read_from_its_shapes():
+    """The parity fixture's model: widths 32/48, heads 4/2, patch 2 over 4 channels, buffer 4."""
     state = mar_reference_state()
-    with pytest.raises(ConversionError, match="no MAR preset has these sizes"):
-        convert.infer_mar_preset(state)
+    assert mar_torch_layout.mar_sizes_from_state(state, latent_channels=4, heads=(4, 2)) == TINY_SIZES
+    with pytest.raises(ConversionError, match="width 32 has no published head count.*give --heads"):
+        convert.mar_config_from_state(state, latent_channels=4)
+    with pytest.raises(ConversionError, match="token dim 16 is not --latent_channels=3 .*give --latent_channels"):
+        convert.mar_config_from_state(state, latent_channels=3, heads=(4, 2))
+    with pytest.raises(ConversionError, match="--heads='4,x'"):
+        convert.parse_heads("4,x")
+    assert convert.parse_heads("8") == (8, 8) and convert.parse_heads("4,2") == (4, 2)
     with pytest.raises(ConversionError, match="not a MAR state dict"):
-        convert.infer_mar_preset({"encoder.conv_in.weight": np.zeros((1,))})
+        convert.mar_config_from_state({"encoder.conv_in.weight": np.zeros((1,))})
+
+
+def test_a_non_published_model_converts_with_its_config_file_and_back(tmp_path):
+    """file -> workdir + config.py -> the config the file's shapes give, params restored exactly ->
+    the reference layout again, key for key."""
+    state = mar_reference_state()
+    ema = {k: v + 1.0 for k, v in state.items()}
+    output = str(tmp_path / "converted")
+    name, config = convert.convert_mar({"model": state, "model_ema": ema}, output, "both", None, 4, (4, 2))
+    assert name == "custom"
+    written = load_config_file(os.path.join(output, "config.py"))
+    assert written.to_dict() == config.to_dict()
+    assert {k: written.model[k] for k in TINY_SIZES if k in written.model} == {
+        k: v for k, v in TINY_SIZES.items() if k in written.model}
+    assert (written.data.image_size, written.data.num_classes, written.tokenizer.embed_dim) == (8 * 16, 10, 4)
+    from marjax.checkpoints import RunCheckpoints
+
+    checkpoints = RunCheckpoints(output, read_only=True)
+    abstract = _abstract_state(written)
+    checkpoints.check_compatible(0, abstract, written)
+    restored = checkpoints.restore(0, abstract, None)
+    checkpoints.close()
+    np.testing.assert_array_equal(restored.ema_params["z_proj"]["kernel"], ema["z_proj.weight"].T)
+    back = str(tmp_path / "back.pth")
+    convert.export_torch("mar", output, back)
+    exported = torch.load(back, weights_only=True)
+    assert sorted(exported["model"]) == sorted(state)
+    for key in state:
+        np.testing.assert_array_equal(exported["model"][key].numpy(), state[key])
 
 
 def test_weight_copies_are_chosen_explicitly():
@@ -161,6 +206,23 @@ def test_converted_vae_matches_the_reference_through_the_tokenizer(tmp_path):
     assert sorted(back) == sorted(state)
     for key in state:
         np.testing.assert_array_equal(back[key], state[key])
+
+
+def test_a_kl_vae_of_another_latent_width_converts_with_a_config_that_reads_it(tmp_path):
+    """KL-16's architecture with 8 latent channels: the width comes from the file, the written
+    config's tokenizer section loads the directory, and the way back gives the same shapes."""
+    target = abstract_tokenizer_params(convert.kl_model(8))
+    state = kl_torch_layout.torch_state_from_params(convert.zeros_of_shapes(target))
+    directory = str(tmp_path / "kl8")
+    assert convert.convert_kl16({"model": state}, directory).embed_dim == 8
+    config = load_config_file(os.path.join(directory, "config.py"))
+    assert (config.tokenizer.kind, config.tokenizer.embed_dim, config.tokenizer.checkpoint) == ("kl", 8, directory)
+    assert tokenizer_spec(config).channels == 8
+    assert convert.kl_model_of_directory(directory).embed_dim == 8
+    back = convert.tokenizer_torch_content("kl16", directory)["model"]
+    assert sorted(back) == sorted(state) and back["post_quant_conv.weight"].shape == (8, 8, 1, 1)
+    with pytest.raises(ConversionError, match="not a KL VAE state dict"):
+        convert.convert_kl16({"model": {"encoder.conv_in.weight": np.zeros(1)}}, str(tmp_path / "bad"))
 
 
 def test_converted_workdir_samples_and_fine_tunes_through_the_cli(tmp_path):

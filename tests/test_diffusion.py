@@ -1,4 +1,7 @@
-"""The diffusion tables and maths against closed forms."""
+"""The diffusion tables and maths against closed forms, and respacing against the reference's sets."""
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,8 +35,24 @@ def test_respaced_timesteps_are_the_reference_set():
         cur += 999 / 99
     assert kept == expected
     assert len(diffusion.space_timesteps(1000, "50")) == 50
-    with pytest.raises(ValueError, match="DDIM"):
-        diffusion.space_timesteps(1000, "ddim25")
+
+
+def test_every_respacing_form_keeps_the_reference_timesteps():
+    """Step counts, sections and "ddimN" against the sets the reference's space_timesteps returned
+    (fixture written by LTH14/mar's diffusion/respace.py)."""
+    with open(os.path.join(os.path.dirname(__file__), "fixtures", "mar_respacing_reference.json")) as f:
+        reference = json.load(f)["kept"]
+    assert {"10,15,20", "ddim50", "ddim7"} <= set(reference)
+    for respacing, kept in reference.items():
+        assert diffusion.space_timesteps(1000, respacing) == kept, respacing
+
+
+@pytest.mark.parametrize("respacing, message", [("ddim", "not a positive step count"), ("fast", "the forms are"),
+                                                ("10,,5", "''"), ("0", "'0'"), ("2000", "section of 1000"),
+                                                ("ddim999", "no integer stride")])
+def test_a_respacing_that_cannot_be_made_is_named(respacing, message):
+    with pytest.raises(ValueError, match=message):
+        diffusion.space_timesteps(1000, respacing)
 
 
 def test_respacing_keeps_alpha_bar_and_maps_timesteps():

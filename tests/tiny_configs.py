@@ -11,7 +11,7 @@ def tiny_mar(tmp_path):
     c.model.update(encoder_width=32, encoder_depth=1, encoder_heads=2, decoder_width=32, decoder_depth=1,
                    decoder_heads=2, diffloss_depth=1, diffloss_width=32)
     c.train.update(global_batch_size=8, num_grid_samples=4)
-    c.sample.update(num_iter=2, num_diffusion_steps=3, batch_size=4)
+    c.sample.update(num_iter=2, num_diffusion_steps="3", batch_size=4)
     return c
 
 
@@ -28,7 +28,7 @@ def tiny_ar(tmp_path):
     c = ar_digits.get_config("random")
     c.model.update(width=32, depth=2, num_heads=2, diffloss_depth=1, diffloss_width=32)
     c.train.update(global_batch_size=8, num_grid_samples=4)
-    c.sample.update(num_diffusion_steps=3, batch_size=4)
+    c.sample.update(num_diffusion_steps="3", batch_size=4)
     return c
 
 

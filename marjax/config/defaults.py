@@ -115,7 +115,7 @@ def base_config(task: str = "mar") -> ml_collections.ConfigDict:
     c.sample.cfg = 0.0 if task == "var" else 1.0
     c.sample.cfg_schedule = "linear"  # "linear" | "constant"
     c.sample.temperature = 1.0
-    c.sample.num_diffusion_steps = 100
+    c.sample.num_diffusion_steps = "100"  # DiffLoss respacing as the reference: "100", "ddim50", "10,15,20"
     c.sample.clip_denoised = False    # clip x_0 predictions to [-1, 1]: pixel models (not the reference's latents)
     c.sample.use_ema = True
     c.sample.choice = "order"         # MAR's softmax head: keep tokens by the random "order" or by "confidence" (MaskGIT)
@@ -147,6 +147,11 @@ def base_config(task: str = "mar") -> ml_collections.ConfigDict:
     c.eval.num_reference_images = 50_000  # records (evenly spaced) of the data source when eval.reference is ""
     c.eval.precision_recall = True    # needs reference images (arr_0 in the .npz, or the data source)
     c.eval.save_png = False           # also write every sample to <workdir>/eval_step_<N>/
+
+    # JAX's persistent compilation cache (marjax.compile_cache): a rerun loads what an earlier run compiled.
+    c.compile_cache = ml_collections.ConfigDict()
+    c.compile_cache.enabled = True
+    c.compile_cache.dir = ""          # "": $JAX_COMPILATION_CACHE_DIR, else ~/.cache/marjax/jax; on pods a shared gs:// path
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                  # -1: all devices not used by the other axes

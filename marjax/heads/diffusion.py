@@ -37,13 +37,20 @@ def space_timesteps(num_timesteps: int, section_counts: str) -> list[int]:
 
     Args:
       num_timesteps: length of the original process (1000).
-      section_counts: comma-separated step counts per equal section, e.g. "100" or "10,15,20".
+      section_counts: a step count ("100"), comma-separated step counts per equal section
+        ("10,15,20"), or "ddimN": the integer stride of the DDIM paper that gives exactly N steps.
     Returns:
-      Sorted list of kept original timesteps. "100" gives {0, 10, 20, ..., 50, 61, ..., 989, 999}.
+      Sorted list of kept original timesteps. "100" gives {0, 10, 20, ..., 50, 61, ..., 989, 999};
+      "ddim50" gives {0, 20, ..., 980}. ValueError for a string of another form or a count that
+      does not fit.
     """
     if section_counts.startswith("ddim"):
-        raise ValueError(f"DDIM respacing {section_counts!r} is not supported; give a step count like '100'.")
-    counts = [int(c) for c in section_counts.split(",")]
+        desired = _count(section_counts[len("ddim"):], section_counts)
+        for stride in range(1, num_timesteps):
+            if len(range(0, num_timesteps, stride)) == desired:
+                return list(range(0, num_timesteps, stride))
+        raise ValueError(f"{section_counts!r}: no integer stride takes exactly {desired} of {num_timesteps} steps")
+    counts = [_count(c, section_counts) for c in section_counts.split(",")]
     size_per = num_timesteps // len(counts)
     extra = num_timesteps % len(counts)
     start = 0
@@ -59,6 +66,19 @@ def space_timesteps(num_timesteps: int, section_counts: str) -> list[int]:
             cur += stride
         start += size
     return sorted(kept)
+
+
+def respaced_step_count(respacing: int | str, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> int:
+    """How many steps the respaced process of `respacing` (as `space_timesteps` takes it, or an
+    int) has; ValueError naming a respacing that cannot be made."""
+    return len(space_timesteps(num_timesteps, str(respacing)))
+
+
+def _count(text: str, respacing: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"respacing {respacing!r}: {text!r} is not a positive step count (the forms are "
+                         "'100', '10,15,20' and 'ddim50')")
+    return int(text)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from marjax.heads.diffusion import respaced_step_count
 from marjax.heads.softmax import cfg_logits, sample_logits
 from marjax.models.ar import AR, init_decode_caches
 from marjax.models.gpt import GPT, init_caches
@@ -159,7 +160,7 @@ def _gpt_program(model: GPT, batch: int, guided: bool, top_k: int, filter_top_p:
 
 def generate_ar(model: AR, params: dict, labels: ArrayLike, rng: jax.Array, *, orders: ArrayLike | None = None,
                 cfg: float = 1.0, cfg_schedule: str = "linear", cfg_interval: int = -1, temperature: float = 1.0,
-                top_k: int = 0, top_p: float = 1.0, num_diffusion_steps: int = 100, clip_denoised: bool = False,
+                top_k: int = 0, top_p: float = 1.0, num_diffusion_steps: int | str = 100, clip_denoised: bool = False,
                 keys: jax.Array | None = None, noise: jax.Array | None = None, known_tokens: ArrayLike | None = None,
                 known_mask: ArrayLike | None = None) -> jax.Array:
     """Samples tokens with a causal AR baseline (either head, either order).
@@ -178,7 +179,7 @@ def generate_ar(model: AR, params: dict, labels: ArrayLike, rng: jax.Array, *, o
       num_diffusion_steps, clip_denoised: the DiffLoss head's reverse process (`DiffLoss.sample`).
       keys: optional (N,) PRNG keys; step i draws from keys[i] (DiffLoss: the noise of its diffusion
         step j is normal(fold_in(keys[i], j), (B, token_dim))).
-      noise: optional (N, num_diffusion_steps + 1, B, token_dim) standard normal noise of the DiffLoss
+      noise: optional (N, steps + 1, B, token_dim) (steps: `respaced_step_count(num_diffusion_steps)`) noise of the DiffLoss
         head replacing those draws: [i, 0] starts step i's reverse process, [i, j] is added at its j-th step.
       known_tokens: optional (B, N, token_dim) float (DiffLoss) or (B, N) int codes (softmax) in grid
         order, kept where known_mask (B, N) bool is True. They are fed at their step of the order, so
@@ -202,20 +203,20 @@ def generate_ar(model: AR, params: dict, labels: ArrayLike, rng: jax.Array, *, o
     if orders.shape != (batch, num_tokens):
         raise ValueError(f"orders must be (B, N) = {(batch, num_tokens)}, got {orders.shape}")
     keys = _step_keys(keys, steps_key, num_tokens)
-    noise_shape = (num_tokens, num_diffusion_steps + 1, batch, model.token_dim)
+    noise_shape = (num_tokens, respaced_step_count(num_diffusion_steps) + 1, batch, model.token_dim)
     if noise is not None and noise.shape != noise_shape:
-        raise ValueError(f"noise must be (N, num_diffusion_steps + 1, B, token_dim) = {noise_shape}, got {noise.shape}")
+        raise ValueError(f"noise must be (N, respaced steps + 1, B, token_dim) = {noise_shape}, got {noise.shape}")
     token_shape = (batch, num_tokens) if softmax else (batch, num_tokens, model.token_dim)
     known_tokens, known_mask = _known(known_tokens, known_mask, token_shape, jnp.int32 if softmax else jnp.float32)
     # The unused settings of the other head are normalised so they do not make new programs.
     program = _ar_program(model, batch, cfg != 1.0, _top_k(top_k) if softmax else 0, softmax and top_p < 1.0,
-                          0 if softmax else num_diffusion_steps, clip_denoised and not softmax)
+                          0 if softmax else str(num_diffusion_steps), clip_denoised and not softmax)
     return program(params, labels, orders, keys, cfg_scales(num_tokens, cfg, cfg_schedule), jnp.int32(cfg_interval),
                    jnp.float32(temperature), jnp.float32(top_p), noise, known_tokens, known_mask)
 
 
 @functools.lru_cache(maxsize=32)
-def _ar_program(model: AR, batch: int, guided: bool, top_k: int, filter_top_p: bool, num_diffusion_steps: int,
+def _ar_program(model: AR, batch: int, guided: bool, top_k: int, filter_top_p: bool, num_diffusion_steps: int | str,
                 clip_denoised: bool):
     """One jitted AR sampler per static setting; orders, scales, temperature and top_p are traced."""
 

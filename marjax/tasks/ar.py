@@ -28,6 +28,7 @@ from marjax.parallel.sharding import batch_sharding
 from marjax.sampling.causal import generate_ar
 from marjax.tasks.base import Task, TaskSpec
 from marjax.tasks.editing import known_first_orders, known_token_mask
+from marjax.tasks.generation import check_respacing
 from marjax.tasks.generator_task import generator_task
 from marjax.tasks.loss_step import make_loss_step
 from marjax.tasks.recipe import matrix_decay_mask, optimizer_from_config, step_plan
@@ -51,7 +52,7 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
     tokenizer's weights are not there."""
     check_fields(config, choices={"model.order": ORDERS, "model.head": HEADS,
                                   "model.dtype": ("float32", "bfloat16"), "model.remat": tuple(REMAT_POLICIES)},
-                 at_least_one=("model.patch_size", "model.depth", "sample.num_diffusion_steps"),
+                 at_least_one=("model.patch_size", "model.depth"),
                  divisible=(("model.width", "model.num_heads"),))
     check_unused(config, ("train.mask_ratio_min", "train.mask_buckets", "sample.num_iter", "sample.more_smooth",
                           "train.label_smoothing"),
@@ -73,6 +74,7 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
                               f"{config.tokenizer.kind!r}), or model.head='softmax' for VQ codes")
         check_unused(config, ("sample.top_k", "sample.top_p", "sample.cfg_interval"),
                      "they filter a softmax head's logits; the DiffLoss head samples with sample.temperature")
+        check_respacing(config)
     if weights:
         check_available(config)
     check_token_source(config, discrete=head == "softmax")

@@ -1,13 +1,24 @@
-"""Generating many images with a task's `generate`, batch by batch, on the host's side."""
+"""Generating many images with a task's `generate`, batch by batch, on the host's side; the check
+of the DiffLoss heads' respacing setting."""
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
-from marjax.errors import DegenerateSamples
+from marjax.errors import ConfigError, DegenerateSamples
+from marjax.heads.diffusion import respaced_step_count
+
+
+def check_respacing(config: ml_collections.ConfigDict) -> None:
+    """ConfigError unless sample.num_diffusion_steps is a respacing the reference accepts."""
+    try:
+        respaced_step_count(config.sample.num_diffusion_steps)
+    except ValueError as e:
+        raise ConfigError(f"sample.num_diffusion_steps={config.sample.num_diffusion_steps!r}: {e}") from e
 
 
 def require_varied(images: jax.Array | np.ndarray, source: str) -> None:

@@ -22,6 +22,7 @@ from marjax.parallel.sharding import batch_sharding
 from marjax.sampling.masked import generate
 from marjax.tasks.base import Task, TaskSpec
 from marjax.tasks.editing import known_token_mask
+from marjax.tasks.generation import check_respacing
 from marjax.tasks.generator_task import generator_task
 from marjax.tasks.mar_step import make_train_step, weight_decay_mask
 from marjax.tasks.recipe import optimizer_from_config, step_plan
@@ -61,8 +62,7 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
     m = config.model
     check_fields(config, choices={"model.dtype": ("float32", "bfloat16"), "model.remat": tuple(REMAT_POLICIES),
                                   "model.head": HEADS},
-                 at_least_one=("model.patch_size", "train.diffusion_batch_mul", "sample.num_iter",
-                               "sample.num_diffusion_steps"),
+                 at_least_one=("model.patch_size", "train.diffusion_batch_mul", "sample.num_iter"),
                  divisible=(("model.encoder_width", "model.encoder_heads"),
                             ("model.decoder_width", "model.decoder_heads")))
     if not 0.0 < config.train.mask_ratio_min <= 1.0:
@@ -86,6 +86,7 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
                               f"got {config.tokenizer.kind!r} (or set model.head='softmax' for VQ codes)")
         check_unused(config, ("sample.choice", "sample.choice_temperature"),
                      "the DiffLoss head keeps the tokens of the random order")
+        check_respacing(config)
     if weights:
         check_available(config)
     check_token_source(config, discrete=m.head == "softmax")
