@@ -19,6 +19,8 @@ import sys
 import time
 from functools import partial
 
+STARTED = time.perf_counter()  # this process's start, for the start-to-first-call time
+
 def _size(width: int, depth: int, heads: int, diffloss_d: int, diffloss_w: int, **data) -> dict:
     return dict(encoder_embed_dim=width, encoder_depth=depth, encoder_num_heads=heads, decoder_embed_dim=width,
                 decoder_depth=depth, decoder_num_heads=heads, diffloss_d=diffloss_d, diffloss_w=diffloss_w, **data)
@@ -55,8 +57,9 @@ def build(code: str, size: str, diffusion_steps: int, device, depth: int | None 
     return model.to(device)
 
 
-def timed(fn, device, repeats: int) -> tuple[float, float]:
-    """(first call, median of `repeats` later calls) in seconds, synchronised with the device."""
+def timed(fn, device, repeats: int) -> tuple[float, float, float]:
+    """(first call, median of `repeats` later calls, process start to the first call's end) in
+    seconds, synchronised with the device."""
     import torch
 
     def once() -> float:
@@ -67,7 +70,8 @@ def timed(fn, device, repeats: int) -> tuple[float, float]:
         return time.perf_counter() - start
 
     first = once()
-    return first, statistics.median(once() for _ in range(repeats))
+    first_end = time.perf_counter() - STARTED
+    return first, statistics.median(once() for _ in range(repeats)), first_end
 
 
 def main() -> None:
@@ -112,7 +116,7 @@ def main() -> None:
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - 0.9999)
 
-        first, median = timed(step, device, args.repeats)
+        first, median, first_end = timed(step, device, args.repeats)
         result = {"step_s": round(median, 4), "img_per_s": round(args.batch / median, 2)}
     else:
         model.eval()
@@ -122,10 +126,11 @@ def main() -> None:
                 model.sample_tokens(args.batch, num_iter=args.num_iter, cfg=args.cfg, cfg_schedule=args.cfg_schedule,
                                     labels=labels, temperature=args.temperature)
 
-        first, median = timed(sample, device, args.repeats)
+        first, median, first_end = timed(sample, device, args.repeats)
         result = {"batch_s": round(median, 4), "s_per_image": round(median / args.batch, 5)}
     print(json.dumps({"implementation": "reference-pytorch", "what": args.what, "size": args.size,
                       "batch": args.batch, "bf16": args.bf16, **result, "first_call_s": round(first, 3),
+                      "start_to_first_call_end_s": round(first_end, 3),
                       "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                       "torch": torch.__version__, "threads": torch.get_num_threads()}))
 

@@ -3,7 +3,10 @@
   python -m marjax.main --config=configs/digits.py --workdir=/tmp/marjax-digits
 
 Tokens are 2x2 pixel patches (16 tokens of 4 values); nothing is downloaded (the digits ship
-inside scikit-learn). `get_config("runlocal")` is a few-step smoke run.
+inside scikit-learn). `get_config("runlocal")` is a few-step smoke run; `get_config("tiny_cpu")`
+is the speed-comparison size of BENCHMARKS.md (8x8 tokens of 16 values: the digits at 32x32 in 4x4
+patches, width 256, 4 + 4 blocks, buffer 16, DiffLoss 3 x 256; 16 samples, 16 steps, 50 diffusion
+steps, CFG 2.0).
 """
 from marjax.config.defaults import base_config
 from marjax.config.loading import config_argument
@@ -50,7 +53,17 @@ def get_config(arg: str | None = None):
     c.eval.num_images = 500
     c.eval.batch_size = 100
 
-    if config_argument(arg, ("runlocal",)) == "runlocal":
+    variant = config_argument(arg, ("runlocal", "tiny_cpu"))
+    if variant == "tiny_cpu":
+        c.data.image_size = 32
+        c.model.patch_size = 4
+        c.model.update(encoder_width=256, encoder_depth=4, encoder_heads=4,
+                       decoder_width=256, decoder_depth=4, decoder_heads=4,
+                       buffer_size=16, diffloss_depth=3, diffloss_width=256)
+        c.train.global_batch_size = 32
+        c.train.diffusion_batch_mul = 4
+        c.sample.update(num_images=16, batch_size=16, num_iter=16, num_diffusion_steps="50")
+    if variant == "runlocal":
         c.train.num_steps = 8
         c.train.log_every_steps = 2
         c.train.checkpoint_every_steps = 4

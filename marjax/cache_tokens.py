@@ -14,6 +14,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from marjax.compile_cache import use_compile_cache
 from marjax.config.loading import parse_flags
 from marjax.data.code_cache import write_code_cache
 from marjax.data.latent_cache import write_latent_cache
@@ -54,6 +55,7 @@ def main(argv: list[str]) -> None:
     config: ml_collections.ConfigDict = CONFIG.value
     try:
         check_config(config)
+        use_compile_cache(config.compile_cache.dir, config.compile_cache.enabled)
         discrete = tokenizer_spec(config).discrete
         if config.tokenizer.kind not in ("kl", "vq", "msvq"):
             raise ConfigError(f"tokenizer.kind={config.tokenizer.kind!r} has nothing to cache: caches hold KL "

@@ -16,12 +16,13 @@ import logging as std_logging
 import os
 import sys
 
-# Before TensorFlow loads (clu's writers import it): keep its C++ start-up chatter out of the log.
+# Before TensorFlow loads (a TFDS data source imports it): keep its C++ start-up chatter out of the log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from marjax.compile_cache import cache_report, use_compile_cache  # noqa: E402
 from marjax.compile_report import write_compile_report  # noqa: E402
 from marjax.config.loading import parse_flags  # noqa: E402
 from marjax.edit import edit_from_workdir  # noqa: E402
@@ -51,12 +52,11 @@ def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_QuietLibraries())
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import tensorflow as tf  # clu's writers import it; keep it off the accelerators JAX uses
-
-    tf.config.set_visible_devices([], "GPU")
     distributed.initialize_if_multiprocess()
     config = CONFIG.value
     try:
+        folder = use_compile_cache(config.compile_cache.dir, config.compile_cache.enabled)
+        logging.info("compilation cache: %s", folder or "off (compile_cache.enabled=False)")
         if MODE.value == "train":
             train_and_evaluate(config, WORKDIR.value)
         elif MODE.value == "sample":
@@ -69,6 +69,7 @@ def main(argv: list[str]) -> None:
             write_compile_report(config, WORKDIR.value)
     except (MarjaxError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    logging.info(cache_report())
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ One training per workdir (`marjax.workdir.WorkdirLock`).
 """
 import os
 import signal
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
 from marjax.checkpoints import DIVERGED_FOLDER, RunCheckpoints
@@ -33,6 +33,7 @@ from marjax.data.pipeline import global_batch, make_dataset
 from marjax.data.sources import make_source
 from marjax.errors import TrainingDiverged
 from marjax.image_files import write_samples
+from marjax.metric_writer import MetricWriter, ProgressReport
 from marjax.parallel.sharding import batch_sharding, mesh_from_config, replicated
 from marjax.tasks.recipe import step_plan
 from marjax.tasks.registry import check_config, make_task
@@ -128,11 +129,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
     train_step = jit_train_step(task.step, task.shardings, mesh)
     frozen = jax.device_put(task.frozen, replicated(mesh))
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = MetricWriter(workdir, just_logging=jax.process_index() > 0)
     if latest is None:
         writer.write_hparams({k: _scalar(v) for k, v in config_items(config)})
-    progress = periodic_actions.ReportProgress(num_train_steps=plan.total_steps, writer=writer,
-                                               every_steps=config.train.log_every_steps, every_secs=None)
+    progress = ProgressReport(plan.total_steps, writer, config.train.log_every_steps)
     step = int(state.step)
     last_saved = latest
     pending: list[tuple[int, dict]] = []  # metrics fetched one step late, so dispatch stays ahead
@@ -155,7 +155,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
                 writer.write_scalars(s + 1, means)  # to TensorBoard and the log
         pending.clear()
 
-    logging.info("training from step %d to %d (the first step compiles)", step, plan.total_steps)
+    logging.info("training from step %d to %d (the first step compiles, or loads from the compilation cache)",
+                 step, plan.total_steps)
+    first_step, started = step, time.perf_counter()
     try:
         while step < plan.total_steps:
             if preemption.reached(step):
@@ -173,6 +175,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
             state, metrics = train_step(state, batch, train_key, frozen)
             check_and_log(plan.total_steps)  # the previous step's metrics, while this one runs
             pending.append((step, metrics))
+            if step == first_step:  # waited for once, to tell how long compiling (or loading) took
+                jax.block_until_ready(metrics)
+                logging.info("first step of this run done in %.1f s", time.perf_counter() - started)
             step += 1
             progress(step)
             if step % config.train.checkpoint_every_steps == 0 or step == plan.total_steps:
@@ -190,7 +195,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
         logging.info("done: %d steps; checkpoints in %s", step, checkpoints.directory)
         return state
     finally:
-        writer.flush()
+        writer.close()
         checkpoints.close()
 
 

@@ -1,12 +1,14 @@
 """End-to-end runs of `python -m marjax.main` on the digits with a tiny model (subprocesses).
 
-Covers: train with checkpoints, resume, sample, evaluate (on 8 CPU devices); kill -9 then resume reproduces the
+Covers: train with checkpoints, resume, sample (a rerun loads every program from the compilation cache),
+evaluate (on 8 CPU devices); kill -9 then resume reproduces the
 uninterrupted losses step by step; SIGTERM saves and exits 0; one train-step compilation per
 run; the bad-input errors (incompatible checkpoint, NaN loss, missing data).
 """
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,13 +122,30 @@ def test_resume_after_kill_reproduces_losses(uninterrupted, tmp_path):
     np.testing.assert_array_equal([resumed[s] for s in range(1, 13)], [reference[s] for s in range(1, 13)])
 
 
-def test_sample_mode_writes_grid_and_npz(uninterrupted):
+def cache_counts(result: subprocess.CompletedProcess) -> tuple[int, int]:
+    """(programs loaded from the compilation cache, programs compiled) of a finished run."""
+    found = re.search(r"compilation cache: (\d+) programs loaded, (\d+) compiled", result.stderr)
+    assert found, result.stderr[-2000:]
+    return int(found.group(1)), int(found.group(2))
+
+
+def test_sample_mode_writes_grid_and_npz_and_a_rerun_compiles_nothing(uninterrupted, tmp_path):
+    """The first run fills an empty compilation cache; the same command again loads every program
+    and gives the same images; a config value baked into the program, or another device count,
+    compiles anew instead of reusing a stale program."""
     workdir, _ = uninterrupted
-    run(workdir, "--mode=sample", "--config.sample.classes=3,7")
+    cached = (f"--config.compile_cache.dir={tmp_path}", "--mode=sample", "--config.sample.classes=3,7")
+    loaded, compiled = cache_counts(run(workdir, *cached))
+    assert loaded == 0 and compiled > 0
     data = np.load(os.path.join(workdir, "samples", "step_12.npz"))
     assert data["images"].shape == (10, 8, 8, 1) and data["images"].dtype == np.uint8
     np.testing.assert_array_equal(data["labels"], [3] * 5 + [7] * 5)
     assert os.path.getsize(os.path.join(workdir, "samples", "step_12.png")) > 0
+
+    assert cache_counts(run(workdir, *cached)) == (compiled, 0)
+    np.testing.assert_array_equal(np.load(os.path.join(workdir, "samples", "step_12.npz"))["images"], data["images"])
+    assert cache_counts(run(workdir, *cached, "--config.sample.num_iter=3"))[1] > 0
+    assert cache_counts(run(workdir, *cached, extra_env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))[1] > 0
 
 
 def test_edit_mode_keeps_the_pixels_outside_the_box(uninterrupted, tmp_path):
