@@ -32,7 +32,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from marjax import metrics
@@ -43,6 +42,7 @@ from marjax.feature_networks import inception
 from marjax.feature_networks.digits import digits_features, heldout_accuracy, train_digits_classifier
 from marjax.feature_networks.inception_torch_layout import load_inception_params
 from marjax.image_files import write_png
+from marjax.metric_writer import MetricWriter
 from marjax.parallel.sharding import BATCH_AXES, batch_sharding, mesh_from_config, replicated
 from marjax.tasks.base import Task
 from marjax.tasks.generation import require_varied
@@ -208,7 +208,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     outputs = generate_and_extract(config, task, params, labels, network, mesh, batch_size, png_directory,
                                    f"checkpoint {step} in {workdir}/checkpoints")
     figures = score(network, reference, outputs["pool"], outputs["logits"], labels)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = MetricWriter(workdir, just_logging=jax.process_index() > 0)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in figures.items()})
     writer.close()
     report = {"step": step, "feature_network": network.name, "num_images": len(labels), **figures, **network.figures,

@@ -24,7 +24,10 @@ class TfdsSource:
     """
 
     def __init__(self, name: str, split: str, image_size: int, data_dir: str | None = None):
+        import tensorflow as tf  # seconds to import: only runs that read TFDS pay it
         import tensorflow_datasets as tfds
+
+        tf.config.set_visible_devices([], "GPU")  # keep TensorFlow off the accelerators JAX uses
 
         try:
             builder = tfds.builder(name, data_dir=data_dir)
