@@ -26,6 +26,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
@@ -118,6 +119,16 @@ class RunCheckpoints:
     def saved_config(self, step: int) -> dict:
         return self._reading(step, lambda: self.manager.restore(
             step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+
+    def saved_params(self, step: int, field: str = "ema_params") -> Any:
+        """The state's `field` saved at `step` as host numpy arrays in their saved shapes (no target
+        model: for starting another model from them). DamagedCheckpoint names an unreadable step."""
+        metadata = self._reading(step, lambda: self.manager.item_metadata(step)["state"])
+        item = {field: getattr(metadata, "tree", metadata)[field]}
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+        restored = self._reading(step, lambda: self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item, restore_args=as_numpy, partial_restore=True))))
+        return restored["state"][field]
 
     def saved_log_window(self, step: int) -> list[dict]:
         """The metrics of the steps since the last log line that step `step` was saved with ([] if none)."""

@@ -36,6 +36,7 @@ from marjax.image_files import write_samples
 from marjax.metric_writer import MetricWriter, ProgressReport
 from marjax.parallel.sharding import batch_sharding, mesh_from_config, replicated
 from marjax.tasks.recipe import step_plan
+from marjax.tasks.init_from import check_init_from, start_from
 from marjax.tasks.registry import check_config, make_task
 from marjax.tasks.train_state import jit_train_step
 from marjax.workdir import WorkdirLock, ensure_writable_directory
@@ -91,6 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     checkpoints. Returns the final state (the state saved at preemption, if preempted).
     WorkdirInUse when another training holds `workdir`."""
     check_config(config)
+    check_init_from(config.init_from)
     ensure_writable_directory(workdir, "--workdir")
     ensure_writable_directory(os.path.join(workdir, "checkpoints"), "--workdir's checkpoints")
     mesh = mesh_from_config(config.mesh)
@@ -121,6 +123,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
     restored = checkpoints.restore_newest(task.abstract_state, config, data_iterator)
     if restored is None:
         state, latest = jax.jit(task.init, out_shardings=task.shardings)(init_key), None
+        if config.init_from:
+            state = start_from(state, config.init_from, config.data.num_classes, task.shardings, workdir)
     else:
         state, latest = restored
         logging.info("resumed from the checkpoint at step %d in %s", latest, checkpoints.directory)

@@ -19,6 +19,9 @@ def base_config(task: str = "mar") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.task = task                     # a key of marjax.tasks.registry.TASKS: "mar" | "ar" | "gpt" | "var" | "tokenizer"
+    # A run's or a converted checkpoint's directory: a new run starts from its EMA params (fine-tuning;
+    # marjax.tasks.init_from: other class counts and token grids are adapted). Ignored on resume.
+    c.init_from = ""
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "tfds"            # "tfds" | "image_folder" | "digits" | "cached_latents" | "cached_codes"
