@@ -35,6 +35,7 @@ from marjax.errors import TrainingDiverged
 from marjax.image_files import write_samples
 from marjax.metric_writer import MetricWriter, ProgressReport
 from marjax.parallel.sharding import batch_sharding, mesh_from_config, replicated
+from marjax.run_health import LossPlateau, codebook_warning, grid_warning
 from marjax.tasks.recipe import step_plan
 from marjax.tasks.init_from import check_init_from, start_from
 from marjax.tasks.registry import check_config, make_task
@@ -140,6 +141,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
     step = int(state.step)
     last_saved = latest
     pending: list[tuple[int, dict]] = []  # metrics fetched one step late, so dispatch stays ahead
+    plateau = LossPlateau()
     window = LogWindow(config.train.log_every_steps, None if latest is None else checkpoints.saved_log_window(latest))
 
     def check_and_log(upto: int) -> None:
@@ -157,6 +159,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
             means = window.add(s, values, upto)
             if means is not None:
                 writer.write_scalars(s + 1, means)  # to TensorBoard and the log
+                for warning in (plateau.update(s + 1, means["loss"]), codebook_warning(means, s + 1)):
+                    if warning:
+                        logging.warning(warning)
         pending.clear()
 
     logging.info("training from step %d to %d (the first step compiles, or loads from the compilation cache)",
@@ -191,9 +196,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
             if task.visualize and config.train.sample_every_steps and (
                     step % config.train.sample_every_steps == 0 or step == plan.total_steps):
                 images, labels = task.visualize(state, sample_key)
-                path = write_samples(f"{workdir}/samples", f"train_step_{step}", images, labels)
-                writer.write_images(step, {"samples": images})
-                logging.info("step %d: sample grid written to %s", step, path)
+                path = write_samples(f"{workdir}/samples", f"train_step_{step}_ema", images, labels)
+                writer.write_images(step, {"samples_ema": images})
+                logging.info("step %d: sample grid of the EMA params written to %s", step, path)
+                if warning := grid_warning(images, step):
+                    logging.warning(warning)
         check_and_log(plan.total_steps)
         checkpoints.wait()
         logging.info("done: %d steps; checkpoints in %s", step, checkpoints.directory)

@@ -96,7 +96,7 @@ def test_tokenizer_training_through_the_cli_checkpoints_and_resumes(tmp_path):
     assert sorted(losses(str(tmp_path))) == [1, 2, 3, 4]
     assert min(scalars(str(tmp_path), "p_loss").values()) > 0  # the LPIPS term, from the user's files
     assert "resumed from the checkpoint at step 2" in result.stderr
-    assert os.path.exists(tmp_path / "samples" / "train_step_4.png")
+    assert os.path.exists(tmp_path / "samples" / "train_step_4_ema.png")
     sample = subprocess.run(base + ["--mode=sample"], cwd=REPO, env=env(), capture_output=True, text=True)
     assert sample.returncode != 0 and "task='tokenizer' does not generate" in sample.stderr
     # The run's EMA weights serve as the KL tokenizer of configs/digits_latent.py.
