@@ -51,6 +51,7 @@ class MetricWriter:
     def _write(self, event: event_pb2.Event) -> None:
         if self._records is not None:
             self._records.write(event.SerializeToString())
+            self._records.flush()  # on disk at once: a run killed with -9 keeps the metrics it logged
 
     def _summary(self, step: int, values: list) -> None:
         self._write(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)))
