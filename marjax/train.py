@@ -31,7 +31,7 @@ from marjax.config.checks import check_batch_split
 from marjax.config.loading import config_items
 from marjax.data.pipeline import global_batch, make_dataset
 from marjax.data.sources import make_source
-from marjax.errors import TrainingDiverged
+from marjax.errors import ConfigError, TrainingDiverged
 from marjax.image_files import write_samples
 from marjax.metric_writer import MetricWriter, ProgressReport
 from marjax.parallel.sharding import batch_sharding, mesh_from_config, replicated
@@ -39,6 +39,7 @@ from marjax.run_health import LossPlateau, codebook_warning, grid_warning
 from marjax.tasks.recipe import step_plan
 from marjax.tasks.init_from import check_init_from, start_from
 from marjax.tasks.registry import check_config, make_task
+from marjax.tasks.scoring import PeriodicScore
 from marjax.tasks.train_state import jit_train_step
 from marjax.workdir import WorkdirLock, ensure_writable_directory
 
@@ -111,6 +112,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
            preemption: _Preemption) -> Any:
     plan = step_plan(config, len(source))
     task = make_task(config, mesh, source=source)
+    if config.train.eval_every_steps and task.generate is None:
+        raise ConfigError(f"train.eval_every_steps scores generated samples; task={config.task!r} does not generate")
     logging.info("%s: %d parameters; %d records, %d steps per epoch, %d steps (%d warmup), peak lr %g; mesh %s",
                  config.task, task.num_params, len(source), plan.steps_per_epoch, plan.total_steps,
                  plan.warmup_steps, plan.peak_lr, dict(mesh.shape))
@@ -142,6 +145,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
     last_saved = latest
     pending: list[tuple[int, dict]] = []  # metrics fetched one step late, so dispatch stays ahead
     plateau = LossPlateau()
+    scorer = PeriodicScore(config, mesh) if config.train.eval_every_steps else None
     window = LogWindow(config.train.log_every_steps, None if latest is None else checkpoints.saved_log_window(latest))
 
     def check_and_log(upto: int) -> None:
@@ -201,6 +205,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
                 logging.info("step %d: sample grid of the EMA params written to %s", step, path)
                 if warning := grid_warning(images, step):
                     logging.warning(warning)
+            if scorer and step % config.train.eval_every_steps == 0:
+                figures = scorer(task, task.generation_params(state, True), step)
+                writer.write_scalars(step, {f"train_eval/{k}": v for k, v in figures.items()})
         check_and_log(plan.total_steps)
         checkpoints.wait()
         logging.info("done: %d steps; checkpoints in %s", step, checkpoints.directory)

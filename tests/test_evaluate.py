@@ -9,7 +9,7 @@ from marjax import metrics
 from marjax.config.loading import load_config_file
 from marjax.data.digits import DigitsSource
 from marjax.feature_networks.digits import digits_features, heldout_accuracy, train_digits_classifier
-from marjax.evaluate import ADM_REFERENCE_FILE, load_reference, make_feature_network, padded_batches
+from marjax.tasks.scoring import ADM_REFERENCE_FILE, load_reference, make_feature_network, padded_batches
 from marjax.parallel.sharding import make_mesh
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

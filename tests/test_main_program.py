@@ -87,10 +87,12 @@ def saved_steps(workdir) -> list[int]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """12 steps in one go, checkpoints every 4 steps; then --mode=sample."""
+    """12 steps in one go, checkpoints every 4 steps, 20 samples scored with the digits network at
+    step 12."""
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     result = run(workdir, "--config.train.num_steps=12", "--config.train.checkpoint_every_steps=4",
-                 extra_env={"JAX_LOG_COMPILES": "1"})
+                 "--config.train.eval_every_steps=12", "--config.train.eval_num_images=20",
+                 "--config.eval.batch_size=10", extra_env={"JAX_LOG_COMPILES": "1"})
     return workdir, result.stderr
 
 
@@ -99,6 +101,7 @@ def test_train_writes_checkpoints_metrics_and_compiles_once(uninterrupted):
     assert saved_steps(workdir) == [4, 8, 12]
     assert sorted(losses(workdir)) == list(range(1, 13))
     assert all(np.isfinite(v) for v in losses(workdir).values())
+    assert list(scalars(workdir, "train_eval/fid")) == [12] and 0 <= scalars(workdir, "train_eval/accuracy")[12] <= 1
     train_step_compiles = [line for line in log.splitlines() if "Compiling" in line and "train_step" in line]
     assert len(train_step_compiles) == 1, train_step_compiles
 

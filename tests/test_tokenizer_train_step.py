@@ -1,5 +1,6 @@
 """The tokenizer train step: loss pieces, and reconstruction falling while training on the digits."""
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +72,6 @@ def test_reconstruction_falls_while_training_on_digits(kind):
 
 
 def test_tokenizer_training_through_the_cli_checkpoints_and_resumes(tmp_path):
-    import os
     import subprocess
     import sys
 
@@ -114,3 +114,13 @@ def test_tokenizer_training_through_the_cli_checkpoints_and_resumes(tmp_path):
     latents = tokenizer.encode(digits_batch(4)["images"], jax.random.key(0))
     assert latents.shape == (4, 16, 16, 4)
     assert tokenizer.decode(latents).shape == (4, 16, 16, 1)
+
+
+def test_a_tokenizer_run_refuses_periodic_sample_scores(tmp_path):
+    from marjax.train import train_and_evaluate
+
+    config = load_config_file(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "digits_vae.py"))
+    config.tokenizer.ch_mult = (1,)
+    config.train.eval_every_steps = 10
+    with pytest.raises(ConfigError, match="train.eval_every_steps scores generated samples; task='tokenizer'"):
+        train_and_evaluate(config, str(tmp_path))

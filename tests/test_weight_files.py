@@ -3,7 +3,7 @@ import pytest
 
 from marjax.convert import mar_state_dicts
 from marjax.errors import ConfigError, ConversionError
-from marjax.evaluate import load_reference
+from marjax.tasks.scoring import load_reference
 from marjax.torch_files import load_torch_file
 from tests.test_configs import load
 

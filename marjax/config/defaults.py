@@ -107,6 +107,8 @@ def base_config(task: str = "mar") -> ml_collections.ConfigDict:
     c.train.checkpoint_every_steps = 5000
     c.train.keep_checkpoints = 3
     c.train.sample_every_steps = 20000  # 0: no sample grids during training
+    c.train.eval_every_steps = 0        # > 0: every this many steps, eval_num_images samples scored as --mode=eval
+    c.train.eval_num_images = 1000      #   (the eval section's network and reference) into TensorBoard's train_eval/*
     c.train.num_grid_samples = 16
 
     c.sample = ml_collections.ConfigDict()
