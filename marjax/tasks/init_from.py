@@ -26,12 +26,13 @@ from marjax.checkpoints import RunCheckpoints
 from marjax.errors import ConfigError
 
 
-def _name(path: tuple[str, ...]) -> str:
-    return "/".join(path)
+def _name(key_path: tuple) -> str:
+    """A param's tree path as "class_emb/embedding"."""
+    return "/".join(getattr(k, "key", str(k)) for k in key_path)
 
 
-def _flat(tree: Any) -> dict[tuple[str, ...], Any]:
-    return {tuple(getattr(k, "key", str(k)) for k in p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+def _flat(tree: Any) -> dict[str, Any]:
+    return {_name(p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _grid_prefix(old: int, new: int) -> int | None:
@@ -71,9 +72,9 @@ def merge_params(fresh: Any, source: Any, num_classes: int) -> tuple[Any, dict[s
     report: dict[str, list[str]] = {"kept": [], "resized": [], "reinitialised": []}
     conflicts = []
 
-    def merge(path, value):
-        path = tuple(getattr(k, "key", str(k)) for k in path)
-        name, old = _name(path), source_flat.get(path)
+    def merge(key_path, value):
+        name = _name(key_path)
+        old = source_flat.get(name)
         if old is None:
             report["reinitialised"].append(name)
             return value
