@@ -127,6 +127,8 @@ def start_from(state: Any, directory: str, num_classes: int, shardings: Any, wor
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "init_from.json"), "w") as f:
             json.dump({"source": directory, "step": step, **report}, f, indent=1)
-    # Two copies from the host: the train step donates params and EMA params as separate buffers.
-    return state.replace(params=jax.device_put(params, shardings.params),
-                         ema_params=jax.device_put(params, shardings.ema_params))
+    # Two fresh device copies: device_put of host arrays may alias their memory (both would be one
+    # buffer), and the train step donates params and EMA params as separate buffers.
+    placed = jax.device_put(params, shardings.params)
+    copies = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=shardings.params)
+    return state.replace(params=copies(placed), ema_params=copies(placed))
