@@ -43,18 +43,19 @@ class Run:
     step: int
 
     def generate(self, classes: Sequence[int] | int, seed: int = 0, **sample: Any) -> np.ndarray:
-        """classes: the class of each image, or a count balanced over the classes; seed: the same seed,
-        the same images; sample: `sample.*` settings for this call -> (N, H, W, C) uint8 images."""
+        """classes: the class of each image, or a count balanced over the classes (an unconditional
+        model's: a count); seed: the same seed, the same images; sample: `sample.*` settings for
+        this call -> (N, H, W, C) uint8 images."""
         labels = self._labels(classes)
         config = self._with_sample(sample)
         return generate_images(self._task(config).generate, self.params, labels, jax.random.key(seed),
                                config.sample.batch_size)
 
-    def edit(self, image: np.ndarray, keep: np.ndarray, label: int, num_samples: int = 4, seed: int = 0,
-             **sample: Any) -> np.ndarray:
+    def edit(self, image: np.ndarray, keep: np.ndarray, label: int | None = None, num_samples: int = 4,
+             seed: int = 0, **sample: Any) -> np.ndarray:
         """image (H, W, C) uint8 at data.image_size; keep (H, W) bool, True = keep the pixel; label:
-        the class of the results -> (num_samples, H, W, C) uint8, the pixels not kept generated
-        (`Task.edit`: in-painting, out-painting, class-conditional editing)."""
+        the class of the results (None for an unconditional model) -> (num_samples, H, W, C) uint8,
+        the pixels not kept generated (`Task.edit`: in-painting, out-painting, class-conditional editing)."""
         config = self._with_sample(sample)
         task = self._task(config)
         if task.edit is None:
@@ -64,7 +65,7 @@ class Run:
         if image.shape != (size, size, channels) or keep.shape != (size, size):
             raise ValueError(f"image must be ({size}, {size}, {channels}) uint8 and keep ({size}, {size}) bool "
                              f"(data.image_size, data.channels); got {image.shape} and {keep.shape}")
-        self._labels([label])
+        label = self._edit_label(label)
         images = jnp.asarray(np.repeat(to_model_range(image)[None], num_samples, axis=0))
         keeps = jnp.asarray(np.repeat(keep[None], num_samples, axis=0))
         return np.asarray(task.edit(self.params, images, keeps, jnp.full((num_samples,), label, jnp.int32),
@@ -75,10 +76,23 @@ class Run:
         """The run's tokenizer (`marjax.tokenizers.protocol`): encode/decode, or encode_codes/decode_codes."""
         return make_tokenizer(self.config)
 
+    def _edit_label(self, label: int | None) -> int:
+        if self.config.data.num_classes == 0:
+            if label is not None:
+                raise ConfigError(f"label={label}: data.num_classes=0 is an unconditional model, which takes no "
+                                  f"class; leave label=None")
+            return 0  # the null class
+        if label is None:
+            raise ConfigError(f"edit needs label, the class of the results (0 .. {self.config.data.num_classes - 1})")
+        return int(self._labels([label])[0])
+
     def _labels(self, classes: Sequence[int] | int) -> np.ndarray:
         n = self.config.data.num_classes
         if isinstance(classes, int):
             return sample_labels(classes, n)
+        if n == 0:
+            raise ConfigError(f"classes={classes}: data.num_classes=0 is an unconditional model; give a count of "
+                              f"images instead")
         labels = np.asarray(classes, np.int32)
         if labels.ndim != 1 or not ((labels >= 0) & (labels < n)).all():
             raise ConfigError(f"classes must be a list of class ids in 0 .. {n - 1}, got {classes}")

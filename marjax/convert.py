@@ -497,6 +497,9 @@ def generator_torch_content(kind: str, directory: str, weights: str = "both") ->
     """A workdir's weights as the reference's checkpoint content (numpy state dicts): see the module doc."""
     config, state = read_workdir(kind, directory)
     params, ema_params = state.params, state.ema_params
+    if kind == "mar" and config.data.num_classes == 0:
+        raise ConversionError(f"{directory} holds an unconditional MAR (data.num_classes=0); LTH14/mar's model always "
+                              f"conditions on a class (its class_emb indexes every label), so it has no such layout")
     if kind == "mar":
         return {"model": mar_torch_layout.torch_state_from_params(params),
                 "model_ema": mar_torch_layout.torch_state_from_params(ema_params)}

@@ -3,7 +3,10 @@
   python -m marjax.digits_check --samples=/tmp/marjax-digits/samples/step_2996.npz
 
 Reads an `.npz` written by `--mode=sample` (images (N, 8k, 8k, 1) uint8, labels (N,)) and prints
-JSON with:
+JSON with the figures below. Samples of an unconditional model (no labels in the file) have no
+requested class: their `accuracy` fields are replaced by `predicted_class_fractions`, how often the
+SVM sees each digit (about 0.1 each when the model covers the classes as the data does), and
+`spread` is taken within the predicted classes.
 - `accuracy`: how often an RBF SVM trained on real digits (the first 1,500) labels a sample as
   the class it was requested for; `classifier_heldout_accuracy` is that SVM on the 297 real
   digits it did not see, the ceiling to compare with.
@@ -35,21 +38,27 @@ def nearest_distance(queries: np.ndarray, references: np.ndarray) -> float:
 
 
 
-def check_digits(images: np.ndarray, labels: np.ndarray) -> dict:
-    """images: (N, 8k, 8k[, 1]) uint8 in 0..255; labels: (N,) requested classes. -> figures."""
+def check_digits(images: np.ndarray, labels: np.ndarray | None) -> dict:
+    """images: (N, 8k, 8k[, 1]) uint8 in 0..255; labels: (N,) requested classes, or None for an
+    unconditional model's samples. -> figures."""
     pixels = digit_pixels(np.asarray(images))
     digits = load_digits()
     train_x, train_y = digits.data[:NUM_TRAIN], digits.target[:NUM_TRAIN]
     heldout_x, heldout_y = digits.data[NUM_TRAIN:], digits.target[NUM_TRAIN:]
     classifier = SVC(gamma=0.001).fit(train_x, train_y)
     predicted = classifier.predict(pixels)
-    labels = np.asarray(labels)
+    if labels is None:
+        classes = {"predicted_class_fractions": {c: float((predicted == c).mean()) for c in range(10)}}
+    else:
+        labels = np.asarray(labels)
+        classes = {"accuracy": float((predicted == labels).mean()),
+                   "per_class_accuracy": {int(c): float((predicted[labels == c] == c).mean())
+                                          for c in np.unique(labels)}}
     return {
-        "num_samples": int(len(labels)),
-        "accuracy": float((predicted == labels).mean()),
-        "per_class_accuracy": {int(c): float((predicted[labels == c] == c).mean()) for c in np.unique(labels)},
+        "num_samples": int(len(pixels)),
+        **classes,
         "classifier_heldout_accuracy": float(classifier.score(heldout_x, heldout_y)),
-        "spread": within_class_spread(pixels, labels),
+        "spread": within_class_spread(pixels, predicted if labels is None else labels),
         "real_spread": within_class_spread(digits.data, digits.target),
         "nearest_train_distance": nearest_distance(pixels, train_x),
         "real_nearest_train_distance": nearest_distance(heldout_x, train_x),
@@ -62,7 +71,7 @@ SAMPLES = flags.DEFINE_string("samples", None, "An .npz written by --mode=sample
 def main(argv: list[str]) -> None:
     del argv
     with np.load(SAMPLES.value) as data:
-        print(json.dumps(check_digits(data["images"], data["labels"]), indent=1))
+        print(json.dumps(check_digits(data["images"], data["labels"] if "labels" in data else None), indent=1))
 
 
 if __name__ == "__main__":

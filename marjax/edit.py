@@ -49,7 +49,10 @@ def check_edit_config(config: ml_collections.ConfigDict) -> None:
                           "whose nonzero pixels are regenerated)")
     if e.box:
         parse_box(e.box, config.data.image_size)
-    if not 0 <= e.label < config.data.num_classes:
+    if config.data.num_classes == 0 and e.label != -1:
+        raise ConfigError(f"edit.label={e.label}: data.num_classes=0 is an unconditional model, which takes no "
+                          f"class; leave edit.label unset")
+    if config.data.num_classes and not 0 <= e.label < config.data.num_classes:
         raise ConfigError(f"edit.label={e.label}: give the class of the results, 0 .. {config.data.num_classes - 1}")
     if e.num_samples < 1:
         raise ConfigError(f"edit.num_samples={e.num_samples} must be >= 1")
@@ -103,9 +106,11 @@ def edit_from_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
     n = e.num_samples
     images = jnp.asarray(np.repeat(to_model_range(original)[None], n, axis=0))
     keeps = jnp.asarray(np.repeat(keep[None], n, axis=0))
-    labels = jnp.full((n,), e.label, jnp.int32)
-    logging.info("editing %s: %d of %d pixels regenerated for class %d, %d results from step %d", e.image,
-                 int((~keep).sum()), keep.size, e.label, n, step)
+    label = e.label if config.data.num_classes else 0  # an unconditional model's null class
+    labels = jnp.full((n,), label, jnp.int32)
+    logging.info("editing %s: %d of %d pixels regenerated (%s), %d results from step %d", e.image,
+                 int((~keep).sum()), keep.size, f"class {label}" if config.data.num_classes else "unconditional", n,
+                 step)
     results = np.asarray(task.edit(params, images, keeps, labels, jax.random.key(config.sample.seed)))
     masked = np.where(keep[..., None], original, 128).astype(np.uint8)
     rows = np.stack([np.repeat(original[None], n, 0), np.repeat(masked[None], n, 0), results], axis=1)

@@ -47,7 +47,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  step, "EMA" if config.sample.use_ema else "raw", len(labels), batch_size, mesh.size, network.name)
     outputs = generate_and_extract(config, task, params, labels, network, mesh, batch_size, png_directory,
                                    f"checkpoint {step} in {workdir}/checkpoints")
-    figures = score(network, reference, outputs["pool"], outputs["logits"], labels)
+    figures = score(network, reference, outputs["pool"], outputs["logits"],
+                    labels if config.data.num_classes else None)
     writer = MetricWriter(workdir, just_logging=jax.process_index() > 0)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in figures.items()})
     writer.close()

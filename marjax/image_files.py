@@ -60,11 +60,17 @@ def class_rows(labels: np.ndarray, columns: int) -> list[str] | None:
     return [str(row[0]) for row in rows] if (rows == rows[:, :1]).all() else None
 
 
-def write_samples(directory: str, name: str, images: np.ndarray, labels: np.ndarray) -> str:
+def write_samples(directory: str, name: str, images: np.ndarray, labels: np.ndarray | None) -> str:
     """Writes `<name>.png` (the grid, at least 512 px wide, the class id beside each row of one
-    class) and `<name>.npz` (images, labels); returns the png path."""
+    class) and `<name>.npz` (images, and labels unless None: an unconditional model's samples);
+    returns the png path."""
     os.makedirs(directory, exist_ok=True)
     png = os.path.join(directory, f"{name}.png")
+    if labels is None:
+        columns = int(np.ceil(np.sqrt(len(images))))
+        write_png(png, image_grid(images, columns), min_width=512)
+        np.savez(os.path.join(directory, f"{name}.npz"), images=images)
+        return png
     columns = grid_columns(labels)
     write_png(png, image_grid(images, columns), min_width=512, row_labels=class_rows(labels, columns))
     np.savez(os.path.join(directory, f"{name}.npz"), images=images, labels=labels)

@@ -30,6 +30,6 @@ def sample_from_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
                  "EMA" if config.sample.use_ema else "raw")
     images = generate_images(task.generate, params, labels, jax.random.key(config.sample.seed),
                              config.sample.batch_size, f"checkpoint {step} in {workdir}/checkpoints")
-    path = write_samples(samples, f"step_{step}", images, labels)
+    path = write_samples(samples, f"step_{step}", images, labels if config.data.num_classes else None)
     logging.info("wrote %s and %s", path, path[:-4] + ".npz")
     return path

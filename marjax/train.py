@@ -200,7 +200,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
             if task.visualize and config.train.sample_every_steps and (
                     step % config.train.sample_every_steps == 0 or step == plan.total_steps):
                 images, labels = task.visualize(state, sample_key)
-                path = write_samples(f"{workdir}/samples", f"train_step_{step}_ema", images, labels)
+                path = write_samples(f"{workdir}/samples", f"train_step_{step}_ema", images,
+                                     labels if config.data.num_classes else None)
                 writer.write_images(step, {"samples_ema": images})
                 logging.info("step %d: sample grid of the EMA params written to %s", step, path)
                 if warning := grid_warning(images, step):

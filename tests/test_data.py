@@ -52,7 +52,7 @@ def _write_folder(root, sizes):
 
 def test_image_folder_labels_sorted_classes_and_crops_any_size(tmp_path):
     _write_folder(tmp_path, [(40, 30), (64, 64), (17, 90)])
-    source = ImageFolderSource(str(tmp_path), image_size=16)
+    source = ImageFolderSource(str(tmp_path), image_size=16, num_classes=3)
     assert source.classes == ["a_dog", "b_cat", "c_fox"] and len(source) == 6
     assert [int(source[i]["label"]) for i in range(6)] == [0, 0, 1, 1, 2, 2]
     for i in range(6):
@@ -60,9 +60,34 @@ def test_image_folder_labels_sorted_classes_and_crops_any_size(tmp_path):
     assert np.all(source[1]["image"] == 50)
 
 
+def test_an_unlabelled_folder_reads_every_image_with_label_0(tmp_path):
+    _write_folder(tmp_path, [(40, 30), (64, 64), (17, 90)])
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "loose.png")
+    source = ImageFolderSource(str(tmp_path), image_size=16, num_classes=0)
+    assert len(source) == 7 and source.files[0] == str(tmp_path / "loose.png")
+    assert {int(source[i]["label"]) for i in range(7)} == {0}
+
+
+def test_a_labelled_folder_names_the_images_outside_its_class_folders(tmp_path, caplog):
+    _write_folder(tmp_path, [(40, 30), (64, 64), (17, 90)])
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "loose.png")
+    with caplog.at_level("WARNING"):
+        assert len(ImageFolderSource(str(tmp_path), image_size=16, num_classes=3)) == 6
+    assert "1 images directly in" in caplog.text and "loose.png" in caplog.text
+
+
+def _flat_folder(root):
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / "0.png")
+    return root
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: ImageFolderSource(str(p / "missing"), 16), "no such directory"),
-    (lambda p: ImageFolderSource(str(p), 16), "no class subfolders"),
+    (lambda p: ImageFolderSource(str(_flat_folder(p)), 16, num_classes=10),
+     "has no class subfolders .*data.num_classes=10.*set data.num_classes=0"),
+    (lambda p: ImageFolderSource(str(p), 16, num_classes=0), "no image files"),
+    (lambda p: _write_folder(p, [(8, 8)] * 3) or ImageFolderSource(str(p), 16, num_classes=10),
+     "has 3 class folders but data.num_classes=10: set data.num_classes=3"),
     (lambda p: ImageFolderSource("", 16), "needs data.path"),
 ])
 def test_image_folder_errors(tmp_path, make, message):

@@ -36,3 +36,13 @@ def test_upscaled_digits_are_pooled_back():
     assert check_digits(big, labels) == check_digits(images, labels)
     with pytest.raises(ValueError, match="side 8k"):
         check_digits(images[:, :7], labels)
+
+
+def test_unlabelled_samples_report_the_classes_they_cover():
+    images, labels = real_as_samples(slice(1500, None))
+    figures = check_digits(images, None)
+    assert "accuracy" not in figures
+    fractions = np.array([figures["predicted_class_fractions"][c] for c in range(10)])
+    assert fractions.sum() == pytest.approx(1.0) and np.abs(fractions - np.bincount(labels) / len(labels)).max() < 0.03
+    only_threes = check_digits(images[labels == 3], None)["predicted_class_fractions"]
+    assert max(only_threes, key=only_threes.get) == 3 and only_threes[3] > 0.6  # the SVM's held-out 3s: 77%

@@ -61,6 +61,17 @@ def test_a_new_grid_and_more_classes_keep_what_fits(source_run, tmp_path):
     assert "z_proj/kernel" in report["kept"]
 
 
+def test_an_unconditional_model_drops_the_class_table_and_keeps_the_null_embedding(source_run, tmp_path):
+    directory, source = source_run
+    _, task = mar_task(8, 0)
+    state = start_from(jax.jit(task.init)(jax.random.key(1)), directory, 0, task.shardings, str(tmp_path))
+    np.testing.assert_array_equal(jax.device_get(state.params)["fake_latent"], source["fake_latent"])
+    assert "class_emb" not in state.params
+    with open(tmp_path / "init_from.json") as f:
+        report = json.load(f)
+    assert report["dropped"] == ["class_emb/embedding"] and report["reinitialised"] == []
+
+
 def test_positions_are_resampled_over_the_grid():
     """A grid whose rows are the row index comes back as a smooth ramp at the new size."""
     rows = np.repeat(np.arange(4.0), 4)[None, :, None] * np.ones((1, 1, 3))

@@ -28,7 +28,7 @@ def folder(tmp_path_factory):
     for i in range(5):
         os.makedirs(root / f"class_{i % 2}", exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"class_{i % 2}" / f"{i}.png")
-    return ImageFolderSource(str(root), 16)
+    return ImageFolderSource(str(root), 16, num_classes=2)
 
 
 def moments_fn(params):

@@ -59,9 +59,14 @@ def validate_shared(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{key} must be >= 0, got {values[key]}")
     if config.data.channels not in (1, 3):
         raise ConfigError(f"data.channels={config.data.channels}: images have 1 (grey) or 3 (RGB) channels")
-    for key in ("data.image_size", "data.num_classes"):
-        if values[key] < 1:
-            raise ConfigError(f"{key} must be >= 1, got {values[key]}")
+    if config.data.image_size < 1:
+        raise ConfigError(f"data.image_size must be >= 1, got {config.data.image_size}")
+    if config.data.num_classes < 0:
+        raise ConfigError(f"data.num_classes must be >= 1, or 0 for an unconditional model; got "
+                          f"{config.data.num_classes}")
+    if config.data.num_classes == 0:
+        check_unused(config, ("sample.cfg",), "data.num_classes=0 is an unconditional model: there are no "
+                     "classes to guide towards")
     if config.sample.num_images < 1 or config.sample.batch_size < 1:
         raise ConfigError("sample.num_images and sample.batch_size must be >= 1")
     if config.eval.num_images < 10 or config.eval.batch_size < 1 or config.eval.num_reference_images < 4:
@@ -105,7 +110,8 @@ def check_unused(config: ml_collections.ConfigDict, keys: Sequence[str], why: st
     what the task uses instead."""
     defaults = dict(config_items(base_config(config.task)))
     values = dict(config_items(config))
-    changed = [f"{key}={values[key]!r}" for key in keys if values[key] != defaults[key]]
+    changed = [key for key in keys if values[key] != defaults[key]]
     if changed:
-        raise ConfigError(f"{', '.join(changed)} has no effect on task={config.task!r} ({why}); leave "
-                          f"{'it' if len(changed) == 1 else 'them'} at the default")
+        raise ConfigError(f"{', '.join(f'{key}={values[key]!r}' for key in changed)} has no effect on "
+                          f"task={config.task!r} ({why}); leave {'it' if len(changed) == 1 else 'them'} at the "
+                          f"default: {', '.join(f'{key}={defaults[key]!r}' for key in changed)}")

@@ -1,8 +1,9 @@
-"""A directory of class subfolders as a random-access source, checked before training starts.
+"""A directory of images as a random-access source, checked before training starts.
 
-`root/<class>/<image>`: classes are the sorted subfolder names (label = their index), files
-sorted within a class, as torchvision's ImageFolder. Symbolic links are followed, but a folder
-reached twice (a link loop, or two links to one folder) is read once.
+Labelled: `root/<class>/<image>`: classes are the sorted subfolder names (label = their index),
+files sorted within a class, as torchvision's ImageFolder. Unlabelled (`num_classes=0`, an
+unconditional model): every image under `root`, in class folders or not, with label 0. Symbolic
+links are followed, but a folder reached twice (a link loop, or two links to one folder) is read once.
 
 Every file is checked at construction by its header (in threads; a few seconds per 100k files
 on a local disk): empty files, files that are not images (text named .png, macOS `._` files)
@@ -50,9 +51,16 @@ def _to_8_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.round(array * (255.0 / top)).clip(0, 255).astype(np.uint8), "L")
 
 
-def list_class_images(root: str) -> tuple[list[str], list[str], list[int]]:
-    """(class names, files, labels) of `root`, following links but never a folder twice."""
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+def _is_image(filename: str) -> bool:
+    return filename.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_class_images(root: str) -> tuple[list[str], list[str], list[int], list[str]]:
+    """(class names, files, labels, loose files) of `root`: the images under each class subfolder,
+    following links but never a folder twice, and the images directly in `root`."""
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    classes = [e.name for e in entries if e.is_dir()]
+    loose = [e.path for e in entries if e.is_file() and _is_image(e.name)]
     files, labels, seen = [], [], set()
     for label, name in enumerate(classes):
         for dirpath, dirnames, filenames in os.walk(os.path.join(root, name), followlinks=True):
@@ -64,28 +72,47 @@ def list_class_images(root: str) -> tuple[list[str], list[str], list[int]]:
             seen.add(real)
             dirnames.sort()
             for filename in sorted(filenames):
-                if filename.lower().endswith(IMAGE_EXTENSIONS):
+                if _is_image(filename):
                     files.append(os.path.join(dirpath, filename))
                     labels.append(label)
+    return classes, files, labels, loose
+
+
+def _labelled_files(root: str, num_classes: int) -> tuple[list[str], list[str], list[int]]:
+    """(class names, files, labels) to train on: `num_classes` class folders, or with num_classes 0
+    every image, label 0. DataError when the folders do not match num_classes, naming both."""
+    classes, files, labels, loose = list_class_images(root)
+    if num_classes == 0:
+        if classes:
+            logging.info("data.num_classes=0: the images of %s's %d class folders are read without their labels "
+                         "(an unconditional model)", root, len(classes))
+        return [], loose + files, [0] * (len(loose) + len(files))
+    if not classes:
+        raise DataError(f"data.path={root!r} has no class subfolders (expected {root}/<class>/<image>, "
+                        f"data.num_classes={num_classes}); for an unconditional model of a folder of images, set "
+                        f"data.num_classes=0")
+    if len(classes) != num_classes:
+        raise DataError(f"data.path={root!r} has {len(classes)} class folders but data.num_classes={num_classes}: "
+                        f"set data.num_classes={len(classes)} (or 0 for an unconditional model)")
+    if loose:
+        logging.warning("%d images directly in %s are in no class folder and are not read (e.g. %s)", len(loose),
+                        root, loose[0])
     return classes, files, labels
 
 
 class ImageFolderSource:
     """Record i -> {"image": (image_size, image_size, channels) uint8, "label": int32}: converted to
-    RGB (or L for 1 channel) and ADM-center-cropped to `image_size`."""
+    RGB (or L for 1 channel) and ADM-center-cropped to `image_size`. `num_classes`: the number of
+    class folders, or 0 to read every image unlabelled."""
 
-    def __init__(self, root: str, image_size: int, channels: int = 3, num_classes: int | None = None,
+    def __init__(self, root: str, image_size: int, channels: int = 3, num_classes: int = 0,
                  skip_bad_images: bool = False):
         if not root:
-            raise DataError("data.source='image_folder' needs data.path, a directory of class subfolders")
+            raise DataError("data.source='image_folder' needs data.path, a directory of class subfolders (or of "
+                            "images, with data.num_classes=0)")
         if not os.path.isdir(root):
             raise DataError(f"data.path={root!r}: no such directory (expected class subfolders of images)")
-        classes, files, labels = list_class_images(root)
-        if not classes:
-            raise DataError(f"data.path={root!r} has no class subfolders (expected {root}/<class>/<image>)")
-        if num_classes is not None and len(classes) > num_classes:
-            raise DataError(f"data.path={root!r} has {len(classes)} class folders but data.num_classes="
-                            f"{num_classes}")
+        classes, files, labels = _labelled_files(root, num_classes)
         with concurrent.futures.ThreadPoolExecutor(_SCAN_THREADS) as pool:
             problems = list(pool.map(_header_problem, files))
         bad = [(path, problem) for path, problem in zip(files, problems) if problem]
@@ -99,7 +126,7 @@ class ImageFolderSource:
         good = [i for i, problem in enumerate(problems) if not problem]
         if not good:
             raise DataError(f"data.path={root!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
-                            f"under its class folders")
+                            f"{'under it' if num_classes == 0 else 'under its class folders'}")
         self.root = root
         self.classes = classes
         self.files = [files[i] for i in good]

@@ -58,17 +58,37 @@ class TfdsSource:
                 "label": np.int32(record["label"])}
 
 
+class UnlabelledSource:
+    """A source's records with every "label" 0, the null class of an unconditional model."""
+
+    def __init__(self, source: Sequence[dict]):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.source[index], "label": np.int32(0)}
+
+
 def make_source(data_config) -> Sequence[dict]:
     """The source named by `config.data.source` ("digits", "image_folder", "tfds", "cached_latents",
-    "cached_codes")."""
+    "cached_codes"); with data.num_classes 0 its labels are all 0 (an unconditional model)."""
     kind = data_config.source
-    if kind == "digits":
-        if data_config.channels != 1 or data_config.num_classes != 10:
-            raise DataError("digits have 1 channel and 10 classes: set data.channels=1, data.num_classes=10")
-        return DigitsSource(data_config.image_size)
     if kind == "image_folder":
         return ImageFolderSource(data_config.path, data_config.image_size, data_config.channels,
                                  data_config.num_classes, data_config.skip_bad_images)
+    source = _labelled_source(data_config)
+    return UnlabelledSource(source) if data_config.num_classes == 0 else source
+
+
+def _labelled_source(data_config) -> Sequence[dict]:
+    kind = data_config.source
+    if kind == "digits":
+        if data_config.channels != 1 or data_config.num_classes not in (0, 10):
+            raise DataError("digits have 1 channel and 10 classes: set data.channels=1, data.num_classes=10 (or 0 "
+                            "for an unconditional model)")
+        return DigitsSource(data_config.image_size)
     if kind == "tfds":
         if data_config.channels != 3:
             raise DataError("TFDS image sources are read as RGB: set data.channels=3")

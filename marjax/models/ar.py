@@ -94,7 +94,8 @@ class AR(PatchTokenGrid, nn.Module):
             raise ValueError(f"AR order {self.order!r} / head {self.head!r}: choose an order of {ORDERS} "
                              f"and a head of {HEADS}")
         width, seq_len = self.width, self.seq_len
-        self.class_emb = nn.Embed(self.num_classes, width, embedding_init=named(normal_002, "classes", "embed"))
+        if self.num_classes:  # 0: unconditional, every [cls] row is `fake_latent`
+            self.class_emb = nn.Embed(self.num_classes, width, embedding_init=named(normal_002, "classes", "embed"))
         self.fake_latent = self.param("fake_latent", named(normal_002, None, "embed"), (1, width))
         if self.head == "diffloss":
             self.z_proj = dense(width, "z_proj", self.dtype, axes=("token", "embed"))
@@ -116,7 +117,10 @@ class AR(PatchTokenGrid, nn.Module):
         self.norm = layer_norm("norm", self.dtype)
 
     def class_embedding(self, labels: jax.Array, drop_label: jax.Array) -> jax.Array:
-        """labels (B,) int, drop_label (B,) bool -> (B, 1, D): the [cls] row, `fake_latent` where dropped."""
+        """labels (B,) int, drop_label (B,) bool -> (B, 1, D): the [cls] row, `fake_latent` where dropped
+        (everywhere for an unconditional model)."""
+        if not self.num_classes:
+            return jnp.broadcast_to(self.fake_latent, (labels.shape[0], 1, self.width)).astype(self.dtype)
         return jnp.where(drop_label[:, None], self.fake_latent, self.class_emb(labels))[:, None].astype(self.dtype)
 
     def embed_tokens(self, tokens: jax.Array) -> jax.Array:

@@ -45,7 +45,7 @@ class GPT(nn.Module):
 
     vocab_size: int = 16384
     grid_size: int = 16  # tokens per side: block_size = grid_size^2
-    num_classes: int = 1000
+    num_classes: int = 1000  # 0: unconditional, every sample starts from the null class's row
     width: int = 768
     depth: int = 12
     num_heads: int = 12
@@ -72,7 +72,7 @@ class GPT(nn.Module):
         return self.width // self.num_heads
 
     def setup(self):
-        rows = self.num_classes + (self.class_dropout > 0)
+        rows = self.num_classes + (self.class_dropout > 0 or not self.num_classes)  # the null class's row
         self.cls_embedding = nn.Embed(rows, self.width, dtype=self.dtype, param_dtype=jnp.float32,
                                       embedding_init=named(normal_002, "classes", "embed"))
         self.tok_embeddings = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=jnp.float32,

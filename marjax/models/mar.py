@@ -88,8 +88,9 @@ class MAR(PatchTokenGrid, nn.Module):
         if self.head not in HEADS:
             raise ValueError(f"MAR head {self.head!r}: choose one of {HEADS}")
         enc, dec, rows = self.encoder_width, self.decoder_width, self.buffer_size + self.seq_len
-        self.class_emb = nn.Embed(self.num_classes, enc, embedding_init=named(normal_002, "classes", "embed"),
-                                  name="class_emb")
+        if self.num_classes:  # 0: unconditional, every sample conditions on `fake_latent`
+            self.class_emb = nn.Embed(self.num_classes, enc, embedding_init=named(normal_002, "classes", "embed"),
+                                      name="class_emb")
         self.fake_latent = self.param("fake_latent", named(normal_002, None, "embed"), (1, enc))
         if self.head == "diffloss":
             self.z_proj = dense(enc, "z_proj", self.dtype, axes=("token", "embed"))
@@ -122,7 +123,10 @@ class MAR(PatchTokenGrid, nn.Module):
                            group, depth, self.scan_layers)
 
     def class_embedding(self, labels: jax.Array, drop_label: jax.Array) -> jax.Array:
-        """labels (B,) int, drop_label (B,) bool -> (B, D): the class embedding, or `fake_latent` where dropped."""
+        """labels (B,) int, drop_label (B,) bool -> (B, D): the class embedding, or `fake_latent` where
+        dropped (everywhere for an unconditional model)."""
+        if not self.num_classes:
+            return jnp.broadcast_to(self.fake_latent, (labels.shape[0], self.fake_latent.shape[-1]))
         return jnp.where(drop_label[:, None], self.fake_latent, self.class_emb(labels))
 
     def encode(self, tokens: jax.Array, mask: jax.Array, class_embedding: jax.Array, num_keep_max: int,

@@ -55,7 +55,7 @@ class VAR(nn.Module):
     vocab_size: int = 4096
     code_dim: int = 32  # Cvae, the quantizer's code width
     patch_nums: tuple[int, ...] = PATCH_NUMS_256
-    num_classes: int = 1000  # the class table has one more row, the null class num_classes
+    num_classes: int = 1000  # the class table has one more row, the null class num_classes (0: unconditional)
     width: int = 1024
     depth: int = 16
     num_heads: int = 16

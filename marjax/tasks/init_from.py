@@ -9,7 +9,8 @@ path:
   row when the table has num_classes + 1 rows, as GPT's and VAR's) is carried over;
 - a position table (named pos) whose token grid differs: the grid part resampled bicubically to the
   new grid, the leading rows outside the grid (MAR's buffer) kept;
-- a param the source lacks: its fresh init.
+- a param the source lacks: its fresh init;
+- a param the new model lacks (the class table of a model fine-tuned without classes): dropped.
 Any other difference is another architecture: an error naming the params.
 """
 import json
@@ -66,10 +67,11 @@ def _resampled_positions(source: np.ndarray, fresh: np.ndarray, axis: int, prefi
 
 def merge_params(fresh: Any, source: Any, num_classes: int) -> tuple[Any, dict[str, list[str]]]:
     """(fresh with the source's params merged in as the module doc says, a report {"kept",
-    "resized", "reinitialised"} of param names). ConfigError naming every param whose shape differs
-    in another way."""
+    "resized", "reinitialised", "dropped"} of param names). ConfigError naming every param whose
+    shape differs in another way."""
     source_flat = _flat(source)
-    report: dict[str, list[str]] = {"kept": [], "resized": [], "reinitialised": []}
+    report: dict[str, list[str]] = {"kept": [], "resized": [], "reinitialised": [],
+                                    "dropped": sorted(set(source_flat) - set(_flat(fresh)))}
     conflicts = []
 
     def merge(key_path, value):
@@ -109,6 +111,9 @@ def check_init_from(directory: str) -> None:
                           f"checkpoint's directory")
 
 
+_REPORTED = {"resized": "resized", "reinitialised": "re-initialised", "dropped": "dropped"}  # report key -> log word
+
+
 def start_from(state: Any, directory: str, num_classes: int, shardings: Any, workdir: str) -> Any:
     """`state` (a fresh TrainState) with params and EMA params from the newest checkpoint in
     `directory` (`merge_params`), placed with `shardings`; logs the report and writes it to
@@ -120,10 +125,10 @@ def start_from(state: Any, directory: str, num_classes: int, shardings: Any, wor
     source = checkpoints.saved_params(step)
     checkpoints.close()
     params, report = merge_params(jax.device_get(state.params), source, num_classes)
-    logging.info("init_from %s (step %d, EMA params): %d params kept, %d resized, %d re-initialised%s", directory,
-                 step, len(report["kept"]), len(report["resized"]), len(report["reinitialised"]),
-                 "".join(f"\n  resized {line}" for line in report["resized"])
-                 + "".join(f"\n  re-initialised {name}" for name in report["reinitialised"]))
+    logging.info("init_from %s (step %d, EMA params): %d params kept, %d resized, %d re-initialised, %d dropped%s",
+                 directory, step, len(report["kept"]), len(report["resized"]), len(report["reinitialised"]),
+                 len(report["dropped"]), "".join(f"\n  {what} {line}" for key, what in _REPORTED.items()
+                                                 for line in report[key]))
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "init_from.json"), "w") as f:
             json.dump({"source": directory, "step": step, **report}, f, indent=1)

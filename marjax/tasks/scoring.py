@@ -137,14 +137,15 @@ def load_reference(config: ml_collections.ConfigDict, network: FeatureNetwork, b
 
 
 def score(network: FeatureNetwork, reference: Reference, pool: np.ndarray, logits: np.ndarray,
-          labels: np.ndarray) -> dict[str, float]:
-    """The metrics of generated features (N, D) and logits (N, K) for requested `labels` (N,)."""
+          labels: np.ndarray | None) -> dict[str, float]:
+    """The metrics of generated features (N, D) and logits (N, K) for requested `labels` (N,), or
+    None for an unconditional model's samples (no accuracy then)."""
     fid = metrics.frechet_distance(*metrics.feature_statistics(pool), reference.mean, reference.covariance)
     is_mean, is_std = metrics.inception_score(logits)
     figures = {"fid": fid, "inception_score": is_mean, "inception_score_std": is_std}
     if reference.features is not None:
         figures["precision"], figures["recall"] = metrics.precision_recall(reference.features, pool)
-    if network.classifies_labels:
+    if network.classifies_labels and labels is not None:
         figures["accuracy"] = float((logits.argmax(axis=1) == labels).mean())
     return figures
 
@@ -168,7 +169,8 @@ def generate_and_extract(config: ml_collections.ConfigDict, task: Task, params: 
             host_images = multihost_utils.process_allgather(images, tiled=True)[:count]
             if jax.process_index() == 0:
                 for i, (image, label) in enumerate(zip(host_images, batch[:count])):
-                    write_png(os.path.join(png_directory, f"{done + i:06d}_class{label}.png"), image, min_side=1)
+                    name = f"{done + i:06d}_class{label}" if config.data.num_classes else f"{done + i:06d}"
+                    write_png(os.path.join(png_directory, f"{name}.png"), image, min_side=1)
         done += count
         logging.info("evaluated %d / %d samples", done, len(labels))
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
@@ -202,4 +204,5 @@ class PeriodicScore:
                                self.config.sample.classes)
         outputs = generate_and_extract(self.config, task, params, labels, self.network, self.mesh, batch_size, None,
                                        f"the params at training step {step}")
-        return score(self.network, self.reference, outputs["pool"], outputs["logits"], labels)
+        return score(self.network, self.reference, outputs["pool"], outputs["logits"],
+                     labels if self.config.data.num_classes else None)
