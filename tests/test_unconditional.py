@@ -1,5 +1,5 @@
 """Unconditional models (`data.num_classes=0`): a flat folder of digit images trains a tiny MAR end
-to end in-process (training grid, `--mode=sample`'s files, the API) with no class anywhere; every
+to end in-process (training grid, `--mode=sample`'s files, `--mode=eval`, the API) with no class anywhere; every
 generating family conditions only on its null class; settings that need classes are refused
 before anything loads."""
 import jax
@@ -13,6 +13,7 @@ from marjax.data.digits import DigitsSource
 from marjax.convert import export_torch
 from marjax.edit import check_edit_config
 from marjax.errors import ConfigError, ConversionError
+from marjax.evaluate import evaluate_workdir
 from marjax.parallel.sharding import make_mesh
 from marjax.sample import sample_from_workdir
 from marjax.tasks.registry import check_config, make_task
@@ -54,6 +55,14 @@ def test_the_training_grid_and_samples_carry_no_labels(trained):
     with np.load(png[:-4] + ".npz") as samples:
         assert sorted(samples) == ["images"] and samples["images"].shape == (6, 8, 8, 1)
     assert Image.open(png).size == (3 * 9 * 19, 2 * 9 * 19)  # 3 x 2 cells of 8 + 1 px, x19: no class margin
+
+
+def test_eval_scores_without_accuracy(trained):
+    config, workdir = trained
+    config = config.copy_and_resolve_references()
+    config.eval.update(num_images=12, batch_size=6)
+    report = evaluate_workdir(config, workdir)
+    assert report["num_images"] == 12 and np.isfinite(report["fid"]) and "accuracy" not in report
 
 
 def test_the_api_takes_a_count_and_refuses_classes(trained):
