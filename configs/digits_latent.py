@@ -19,5 +19,11 @@ def get_config(arg: str | None = None):
     c.data.image_size = 16
     c.tokenizer.checkpoint = "/tmp/marjax-digits-vae"
     c.tokenizer.scale = 0.274  # 1 / std of the digits_vae run's posterior samples over the digits (3.65)
-    c.sample.clip_denoised = False  # latents have no fixed range
+    # A 3,000-step DiffLoss predicts x_0 poorly at the high-noise steps, where the cosine schedule
+    # multiplies its errors up to ~1/sqrt(alpha_bar): unclipped, every sampled latent runs away
+    # (std ~1,300 against the data's 1.0) and the decoded digits are speckled. Real scaled latents
+    # lie within about +-3.5; clipping x_0 at +-5 keeps the reverse process on the data's range
+    # (BENCHMARKS.md "Sample quality beyond the 8x8 digits").
+    c.sample.clip_denoised = True
+    c.sample.clip_range = 5.0
     return c

@@ -86,6 +86,7 @@ def test_unknown_override_lists_valid_keys_with_a_suggestion():
     (("sample", "num_diffusion_steps", "ddim999"), "sample.num_diffusion_steps='ddim999'.*no integer stride"),
     (("sample", "classes", "cat"), r"sample.classes='cat' must list class ids in \[0, 10\)"),
     (("sample", "seed", -1), "sample.seed must be >= 0"),
+    (("sample", "clip_range", 0.0), "sample.clip_range=0.0: the x_0 predictions' bound must be > 0"),
 ])
 def test_validate_rejects(override, message):
     config = load("digits.py")
@@ -93,6 +94,13 @@ def test_validate_rejects(override, message):
     config[section][field] = value
     with pytest.raises(ConfigError, match=message):
         check_config(config)
+
+
+def test_the_short_latent_runs_clip_x0_to_their_latents_range():
+    """Unclipped, a briefly trained latent MAR's samples run away (tests/test_diffusion.py); the
+    digits' scaled latents lie within about +-3.5."""
+    sample = load("digits_latent.py").sample
+    assert sample.clip_denoised and sample.clip_range == 5.0
 
 
 @pytest.mark.parametrize("override, message", [

@@ -39,7 +39,7 @@ class DiffLoss(SimpleMLPAdaLN):
         return diffusion.training_losses(TRAIN_DIFFUSION, out, target, x_t, t, noise)
 
     def sample(self, z: jax.Array, noise_fn: Callable[[int | jax.Array], jax.Array], temperature: jax.Array,
-               cfg_scale: jax.Array | None, num_diffusion_steps: int | str, clip_denoised: bool = False) -> jax.Array:
+               cfg_scale: jax.Array | None, num_diffusion_steps: int | str, clip_denoised: float = 0.0) -> jax.Array:
         """Tokens from the respaced reverse process, one `lax.scan` over its steps.
 
         Args:
@@ -48,7 +48,8 @@ class DiffLoss(SimpleMLPAdaLN):
             its j-th step.
           temperature: scales the injected noise. cfg_scale: the guidance scale (traced), or None
             for no guidance: eps = uncond + s (cond - uncond), the variance from the cond half.
-          num_diffusion_steps: the respacing (a step count, "ddim50", "10,15,20"). clip_denoised: clip x_0 predictions to [-1, 1].
+          num_diffusion_steps: the respacing (a step count, "ddim50", "10,15,20"). clip_denoised: > 0
+            clips x_0 predictions to [-clip_denoised, clip_denoised].
         Returns:
           (N, C) float32 tokens.
         """

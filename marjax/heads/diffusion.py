@@ -160,7 +160,7 @@ def q_posterior(d: Diffusion, x_start: jax.Array, x_t: jax.Array,
 
 
 def p_mean_variance(d: Diffusion, model_output: jax.Array, x_t: jax.Array, t: jax.Array,
-                    clip_denoised: bool = False) -> tuple[jax.Array, jax.Array]:
+                    clip_denoised: float = 0.0) -> tuple[jax.Array, jax.Array]:
     """Mean and log variance of p(x_{t-1} | x_t) from the network output.
 
     Args:
@@ -168,15 +168,16 @@ def p_mean_variance(d: Diffusion, model_output: jax.Array, x_t: jax.Array, t: ja
       x_t: (N, C). t: (N,) indices into this process.
     Returns:
       mean (N, C) and log variance (N, C); log_var = frac*log(beta) + (1-frac)*posterior_log_var_clipped,
-      frac = (v+1)/2. The x_0 prediction is clipped to [-1, 1] only with `clip_denoised`
-      (the reference samples latents unclipped; pixels have a known range).
+      frac = (v+1)/2. The x_0 prediction is clipped to [-clip_denoised, clip_denoised] when it is
+      > 0 (the reference samples latents unclipped; pixels have a known range, and a briefly
+      trained model's high-noise x_0 predictions can run away, latents' included).
     """
     eps, var_values = jnp.split(model_output, 2, axis=-1)
     frac = (var_values + 1) / 2
     log_variance = frac * _take(d.log_betas, t) + (1 - frac) * _take(d.posterior_log_variance_clipped, t)
     pred_x_start = _take(d.sqrt_recip_alphas_cumprod, t) * x_t - _take(d.sqrt_recipm1_alphas_cumprod, t) * eps
     if clip_denoised:
-        pred_x_start = jnp.clip(pred_x_start, -1.0, 1.0)
+        pred_x_start = jnp.clip(pred_x_start, -clip_denoised, clip_denoised)
     mean, _ = q_posterior(d, pred_x_start, x_t, t)
     return mean, log_variance
 
@@ -231,7 +232,7 @@ def training_losses(d: Diffusion, model_output: jax.Array, x_start: jax.Array, x
 
 def p_sample_loop(d: Diffusion, model_fn: Callable[[jax.Array, jax.Array], jax.Array],
                   x_T: jax.Array, noise_fn: Callable[[jax.Array], jax.Array],
-                  temperature: float | jax.Array = 1.0, clip_denoised: bool = False) -> jax.Array:
+                  temperature: float | jax.Array = 1.0, clip_denoised: float = 0.0) -> jax.Array:
     """Ancestral sampling from x_T down to x_0 through every step of `d`, as one `lax.scan`.
 
     Args:
@@ -239,7 +240,8 @@ def p_sample_loop(d: Diffusion, model_fn: Callable[[jax.Array, jax.Array], jax.A
       x_T: (N, C) starting noise.
       noise_fn: step number j (0 for the first step, at index T-1) -> (N, C) standard normal noise.
       temperature: scales the injected noise only; the last step (index 0) adds no noise.
-      clip_denoised: clip each step's x_0 prediction to [-1, 1] (see `p_mean_variance`).
+      clip_denoised: > 0 clips each step's x_0 prediction to [-clip_denoised, clip_denoised]
+        (see `p_mean_variance`).
     Returns:
       x_0, (N, C).
     """

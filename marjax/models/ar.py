@@ -187,7 +187,7 @@ class AR(PatchTokenGrid, nn.Module):
 
     def sample_tokens(self, z: jax.Array, noise_fn: Callable[[int | jax.Array], jax.Array],
                       temperature: jax.Array, cfg_scale: jax.Array | None, num_diffusion_steps: int | str,
-                      clip_denoised: bool = False) -> jax.Array:
+                      clip_denoised: float = 0.0) -> jax.Array:
         """The DiffLoss head: tokens (N, token_dim) for conditions z (N, D), or (2N, D) = [cond; uncond]
         with guidance (`DiffLoss.sample`)."""
         return self.diffloss.sample(z, noise_fn, temperature, cfg_scale, num_diffusion_steps, clip_denoised)

@@ -193,7 +193,7 @@ class MAR(PatchTokenGrid, nn.Module):
         return self.softmax(z)
 
     def sample_tokens(self, z: jax.Array, noise_fn, temperature: jax.Array, cfg_scale: jax.Array | None,
-                      num_diffusion_steps: int | str, clip_denoised: bool = False) -> jax.Array:
+                      num_diffusion_steps: int | str, clip_denoised: float = 0.0) -> jax.Array:
         """Tokens (N, token_dim) for conditions z (N, D_dec), or (2N, D_dec) = [cond; uncond] with
         guidance: the DiffLoss head's reverse process (`DiffLoss.sample`)."""
         return self.diffloss.sample(z, noise_fn, temperature, cfg_scale, num_diffusion_steps, clip_denoised)

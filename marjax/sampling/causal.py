@@ -160,7 +160,7 @@ def _gpt_program(model: GPT, batch: int, guided: bool, top_k: int, filter_top_p:
 
 def generate_ar(model: AR, params: dict, labels: ArrayLike, rng: jax.Array, *, orders: ArrayLike | None = None,
                 cfg: float = 1.0, cfg_schedule: str = "linear", cfg_interval: int = -1, temperature: float = 1.0,
-                top_k: int = 0, top_p: float = 1.0, num_diffusion_steps: int | str = 100, clip_denoised: bool = False,
+                top_k: int = 0, top_p: float = 1.0, num_diffusion_steps: int | str = 100, clip_denoised: float = 0.0,
                 keys: jax.Array | None = None, noise: jax.Array | None = None, known_tokens: ArrayLike | None = None,
                 known_mask: ArrayLike | None = None) -> jax.Array:
     """Samples tokens with a causal AR baseline (either head, either order).
@@ -210,14 +210,14 @@ def generate_ar(model: AR, params: dict, labels: ArrayLike, rng: jax.Array, *, o
     known_tokens, known_mask = _known(known_tokens, known_mask, token_shape, jnp.int32 if softmax else jnp.float32)
     # The unused settings of the other head are normalised so they do not make new programs.
     program = _ar_program(model, batch, cfg != 1.0, _top_k(top_k) if softmax else 0, softmax and top_p < 1.0,
-                          0 if softmax else str(num_diffusion_steps), clip_denoised and not softmax)
+                          0 if softmax else str(num_diffusion_steps), 0.0 if softmax else float(clip_denoised))
     return program(params, labels, orders, keys, cfg_scales(num_tokens, cfg, cfg_schedule), jnp.int32(cfg_interval),
                    jnp.float32(temperature), jnp.float32(top_p), noise, known_tokens, known_mask)
 
 
 @functools.lru_cache(maxsize=32)
 def _ar_program(model: AR, batch: int, guided: bool, top_k: int, filter_top_p: bool, num_diffusion_steps: int | str,
-                clip_denoised: bool):
+                clip_denoised: float):
     """One jitted AR sampler per static setting; orders, scales, temperature and top_p are traced."""
 
     def run(params, labels, orders, keys, scales, cfg_interval, temperature, top_p, noise, known_tokens, known_mask):

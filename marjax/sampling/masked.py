@@ -42,7 +42,7 @@ NUM_SEGMENTS = 4
 
 def generate(model: MAR, params: dict, labels: jax.Array | None, rng: jax.Array, *, num_iter: int = 64,
              cfg: float = 1.0, cfg_schedule: str = "linear", temperature: float = 1.0,
-             num_diffusion_steps: int | str = 100, batch_size: int | None = None, clip_denoised: bool = False,
+             num_diffusion_steps: int | str = 100, batch_size: int | None = None, clip_denoised: float = 0.0,
              orders: jax.Array | None = None, noise: jax.Array | None = None,
              known_latents: jax.Array | None = None, known_mask: jax.Array | None = None,
              choice: str = "order", choice_temperature: float = 4.5) -> jax.Array:
@@ -55,8 +55,8 @@ def generate(model: MAR, params: dict, labels: jax.Array | None, rng: jax.Array,
       cfg_schedule: "linear" or "constant". temperature: scales the diffusion noise.
       num_diffusion_steps: the reverse process's respacing: a step count, or the reference's
         strings ("100", "ddim50", "10,15,20"; `diffusion.space_timesteps`).
-      clip_denoised: clip the diffusion's x_0 predictions to [-1, 1] (pixel-space models; the
-        reference samples latents unclipped).
+      clip_denoised: > 0 clips the diffusion's x_0 predictions to [-clip_denoised, clip_denoised]
+        (1 for pixels; the reference samples latents unclipped).
       orders: optional (B, L) generation orders, replacing the ones drawn from rng.
       noise: optional (num_iter, steps + 1, B, max_predicted, token_dim) (steps: the respaced count) standard
         normal noise replacing the draws: [k, 0] starts step k's reverse process, [k, j] is added
@@ -93,14 +93,14 @@ def generate(model: MAR, params: dict, labels: jax.Array | None, rng: jax.Array,
             patchify(jnp.asarray(known_latents, jnp.float32), model.patch_size)
         known = (known_tokens, known_mask)
     fn = _compiled_sampler(model, num_iter, 0 if softmax else str(num_diffusion_steps), cfg_schedule, cfg != 1.0,
-                           batch_size, clip_denoised, choice)
+                           batch_size, float(clip_denoised), choice)
     return fn(params, labels, rng, jnp.float32(cfg), jnp.float32(temperature), orders, noise, known,
               jnp.float32(choice_temperature))
 
 
 @functools.lru_cache(maxsize=32)
 def _compiled_sampler(model: MAR, num_iter: int, num_diffusion_steps: int | str, cfg_schedule: str,
-                      guided: bool, batch_size: int, clip_denoised: bool, choice: str = "order",
+                      guided: bool, batch_size: int, clip_denoised: float, choice: str = "order",
                       num_segments: int = NUM_SEGMENTS):
     """One jitted sampler per static setting; cfg and the temperatures are traced (no recompile)."""
     schedule = sampling_schedule(model.seq_len, num_iter)

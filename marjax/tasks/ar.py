@@ -28,7 +28,7 @@ from marjax.parallel.sharding import batch_sharding
 from marjax.sampling.causal import generate_ar
 from marjax.tasks.base import Task, TaskSpec
 from marjax.tasks.editing import known_first_orders, known_token_mask
-from marjax.tasks.generation import check_respacing
+from marjax.tasks.generation import check_diffloss_sampling, denoised_clip
 from marjax.tasks.generator_task import generator_task
 from marjax.tasks.loss_step import make_loss_step
 from marjax.tasks.recipe import matrix_decay_mask, optimizer_from_config, step_plan
@@ -66,7 +66,8 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
         if config.model.patch_size != 1:
             raise ConfigError(f"model.patch_size={config.model.patch_size}: a softmax head predicts one code per "
                               f"token; set model.patch_size=1")
-        check_unused(config, ("train.diffusion_batch_mul", "sample.num_diffusion_steps", "sample.clip_denoised"),
+        check_unused(config, ("train.diffusion_batch_mul", "sample.num_diffusion_steps", "sample.clip_denoised",
+                              "sample.clip_range"),
                      "the softmax head samples codes from its logits")
     else:
         if spec.discrete:
@@ -74,7 +75,7 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
                               f"{config.tokenizer.kind!r}), or model.head='softmax' for VQ codes")
         check_unused(config, ("sample.top_k", "sample.top_p", "sample.cfg_interval"),
                      "they filter a softmax head's logits; the DiffLoss head samples with sample.temperature")
-        check_respacing(config)
+        check_diffloss_sampling(config)
     if weights:
         check_available(config)
     check_token_source(config, discrete=head == "softmax")
@@ -143,7 +144,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
                 "labels": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharding)}
 
     head_settings = dict(top_k=s.top_k, top_p=s.top_p, cfg_interval=s.cfg_interval) if softmax else \
-        dict(num_diffusion_steps=s.num_diffusion_steps, clip_denoised=s.clip_denoised)
+        dict(num_diffusion_steps=s.num_diffusion_steps, clip_denoised=denoised_clip(s))
 
     def images_of(tokens: jax.Array) -> jax.Array:
         if softmax:

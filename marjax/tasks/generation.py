@@ -13,12 +13,21 @@ from marjax.errors import ConfigError, DegenerateSamples
 from marjax.heads.diffusion import respaced_step_count
 
 
-def check_respacing(config: ml_collections.ConfigDict) -> None:
-    """ConfigError unless sample.num_diffusion_steps is a respacing the reference accepts."""
+def check_diffloss_sampling(config: ml_collections.ConfigDict) -> None:
+    """ConfigError unless sample.num_diffusion_steps is a respacing the reference accepts and
+    sample.clip_range is positive."""
     try:
         respaced_step_count(config.sample.num_diffusion_steps)
     except ValueError as e:
         raise ConfigError(f"sample.num_diffusion_steps={config.sample.num_diffusion_steps!r}: {e}") from e
+    if not config.sample.clip_range > 0:
+        raise ConfigError(f"sample.clip_range={config.sample.clip_range}: the x_0 predictions' bound must be > 0")
+
+
+def denoised_clip(sample_config: ml_collections.ConfigDict) -> float:
+    """The DiffLoss samplers' `clip_denoised` of a config's `sample` section: sample.clip_range
+    with sample.clip_denoised, else 0 (no clipping)."""
+    return float(sample_config.clip_range) if sample_config.clip_denoised else 0.0
 
 
 def require_varied(images: jax.Array | np.ndarray, source: str) -> None:

@@ -22,7 +22,7 @@ from marjax.parallel.sharding import batch_sharding
 from marjax.sampling.masked import generate
 from marjax.tasks.base import Task, TaskSpec
 from marjax.tasks.editing import known_token_mask
-from marjax.tasks.generation import check_respacing
+from marjax.tasks.generation import check_diffloss_sampling, denoised_clip
 from marjax.tasks.generator_task import generator_task
 from marjax.tasks.mar_step import make_train_step, weight_decay_mask
 from marjax.tasks.recipe import optimizer_from_config, step_plan
@@ -78,7 +78,8 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
         if m.patch_size != 1:
             raise ConfigError(f"model.patch_size={m.patch_size}: a softmax head predicts one code per token; set "
                               f"model.patch_size=1")
-        check_unused(config, ("train.diffusion_batch_mul", "sample.num_diffusion_steps", "sample.clip_denoised"),
+        check_unused(config, ("train.diffusion_batch_mul", "sample.num_diffusion_steps", "sample.clip_denoised",
+                              "sample.clip_range"),
                      "the softmax head samples codes from its logits")
     else:
         if spec.discrete:
@@ -86,7 +87,7 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
                               f"got {config.tokenizer.kind!r} (or set model.head='softmax' for VQ codes)")
         check_unused(config, ("sample.choice", "sample.choice_temperature"),
                      "the DiffLoss head keeps the tokens of the random order")
-        check_respacing(config)
+        check_diffloss_sampling(config)
     if weights:
         check_available(config)
     check_token_source(config, discrete=m.head == "softmax")
@@ -113,7 +114,7 @@ def generate_latents(model: MAR, params: dict, labels: jax.Array, rng: jax.Array
                         **known)
     return generate(model, params, labels, rng, num_iter=s.num_iter, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
                     temperature=s.temperature, num_diffusion_steps=s.num_diffusion_steps,
-                    clip_denoised=s.clip_denoised, **known)
+                    clip_denoised=denoised_clip(s), **known)
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_records: int,

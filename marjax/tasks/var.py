@@ -36,8 +36,8 @@ from marjax.tasks.tokenizer_from_config import check_available, check_msvq_image
 # VAR's train.py nowd_keys that name params of this model: substrings of a param path.
 NO_DECAY = ("pos_start", "pos_1LC", "lvl_embed", "gamma", "beta", "ada_gss", "scale_mul")
 UNUSED = ("train.mask_ratio_min", "train.mask_buckets", "train.diffusion_batch_mul", "sample.num_iter",
-          "sample.num_diffusion_steps", "sample.clip_denoised", "sample.cfg_interval", "sample.temperature",
-          "sample.cfg_schedule")
+          "sample.num_diffusion_steps", "sample.clip_denoised", "sample.clip_range", "sample.cfg_interval",
+          "sample.temperature", "sample.cfg_schedule")
 
 
 def imagenet_var_config(preset: str, cfg: float = 1.5) -> ml_collections.ConfigDict:
