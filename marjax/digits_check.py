@@ -65,7 +65,7 @@ def check_digits(images: np.ndarray, labels: np.ndarray | None) -> dict:
     }
 
 
-SAMPLES = flags.DEFINE_string("samples", None, "An .npz written by --mode=sample.", required=True)
+SAMPLES = flags.DEFINE_string("samples", None, "An .npz written by --mode=sample (required).")
 
 
 def main(argv: list[str]) -> None:
@@ -75,4 +75,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    flags.mark_flag_as_required("samples")  # here, so that importing check_digits requires nothing
     app.run(main)
