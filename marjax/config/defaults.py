@@ -94,6 +94,7 @@ def base_config(task: str = "mar") -> ml_collections.ConfigDict:
     c.train.b2 = 0.95
     c.train.grad_clip = 3.0
     c.train.ema_rate = 0.9999
+    c.train.ema_warmup = False          # True: decay min(ema_rate, (1 + step) / (10 + step)), for short runs
     c.train.mask_ratio_min = 0.7
     c.train.label_drop_prob = 0.1       # labels replaced by the null class (for CFG); GPT and VAR: their class dropout
     c.train.label_smoothing = 0.0       # cross-entropy heads (softmax AR, GPT, VAR)

@@ -128,7 +128,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
     softmax = model.head == "softmax"
     tx, schedule = optimizer_from_config(config, step_plan(config, num_records), weight_decay_mask)
     step = make_loss_step(ar_loss(model, t.diffusion_batch_mul, t.label_drop_prob, batch_sharding(mesh)), tx,
-                          schedule, t.ema_rate)
+                          schedule, t.ema_rate, t.ema_warmup)
 
     def prepare_batch(batch: dict, key: jax.Array) -> dict:
         if softmax:

@@ -68,7 +68,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
                          disc_weight=v.disc_weight, disc_start=v.disc_start,
                          perceptual_weight=v.perceptual_weight if lpips_params is not None else 0.0,
                          disc_adaptive_weight=v.disc_adaptive_weight)
-    step = make_tokenizer_train_step(model, disc, tx, disc_tx, loss, t.ema_rate, lpips, _dead_codes(v))
+    step = make_tokenizer_train_step(model, disc, tx, disc_tx, loss, t.ema_rate, lpips, _dead_codes(v), t.ema_warmup)
     count = min(t.num_grid_samples, len(source or ()))
 
     @jax.jit

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from marjax.tasks.train_state import ema_rate_at, ema_update
 from marjax.tokenizers.code_usage import code_statistics
 from marjax.tokenizers.discriminator import PatchDiscriminator
 from marjax.tokenizers.kl import AutoencoderKL
@@ -125,7 +126,8 @@ def _replace(tree: dict, path: tuple[str, ...], value: jax.Array) -> dict:
 
 def make_tokenizer_train_step(model: Autoencoder, disc: PatchDiscriminator, tx: optax.GradientTransformation,
                               disc_tx: optax.GradientTransformation, loss: TokenizerLoss, ema_rate: float = 0.999,
-                              lpips: LPIPS = LPIPS(), dead: DeadCodes = DeadCodes()) -> Callable[
+                              lpips: LPIPS = LPIPS(), dead: DeadCodes = DeadCodes(),
+                              ema_warmup: bool = False) -> Callable[
                                   [TokenizerTrainState, dict, jax.Array, dict | None],
                                   tuple[TokenizerTrainState, Metrics]]:
     """Builds the pure step; see the module docstring for the losses and the code bookkeeping."""
@@ -227,7 +229,7 @@ def make_tokenizer_train_step(model: Autoencoder, disc: PatchDiscriminator, tx: 
         (_, (recon, metrics, quantized)), grads = jax.value_and_grad(generator_loss, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema_params = jax.tree.map(lambda e, p: ema_rate * e + (1 - ema_rate) * p, state.ema_params, params["model"])
+        ema_params = ema_update(state.ema_params, params["model"], ema_rate_at(ema_rate, state.step, ema_warmup))
         if is_msvq:
             params, ema_params, code_hits, code_metrics = track_codes(state.step, state.code_hits, params, ema_params,
                                                                       quantized, sample_key)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from marjax.heads.softmax import token_cross_entropy
-from marjax.tasks.train_state import TrainState, ema_update
+from marjax.tasks.train_state import TrainState, ema_rate_at, ema_update
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -19,11 +19,13 @@ LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, Metrics]]
 
 
 def make_loss_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                   ema_rate: float) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+                   ema_rate: float, ema_warmup: bool = False
+                   ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """Builds `train_step(state, batch, rng) -> (state, metrics)`.
 
     loss_fn(params, batch, rng) -> (scalar loss, extra scalar metrics); rng is `fold_in(rng,
     state.step)`, so every step draws afresh. metrics: the extras, loss, grad_norm, lr, param_norm.
+    The EMA decays at `ema_rate_at(ema_rate, step, ema_warmup)`.
     """
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
@@ -33,7 +35,8 @@ def make_loss_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule: 
         params = optax.apply_updates(state.params, updates)
         metrics = {**extra, "loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
                    "param_norm": optax.tree.norm(params)}
-        return TrainState(state.step + 1, params, ema_update(state.ema_params, params, ema_rate), opt_state), metrics
+        ema_params = ema_update(state.ema_params, params, ema_rate_at(ema_rate, state.step, ema_warmup))
+        return TrainState(state.step + 1, params, ema_params, opt_state), metrics
 
     return train_step
 

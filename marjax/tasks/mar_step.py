@@ -24,7 +24,7 @@ from marjax.models.common import patchify
 from marjax.models.mar import BLOCK_GROUPS, MAR
 from marjax.models.masking import bucket_index, mask_count_buckets, mask_from_orders, sample_num_masked, sample_orders
 from marjax.tasks.recipe import matrix_decay_mask
-from marjax.tasks.train_state import TrainState, ema_update
+from marjax.tasks.train_state import TrainState, ema_rate_at, ema_update
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -38,15 +38,16 @@ def weight_decay_mask(params: Any) -> Any:
 
 def make_train_step(model: MAR, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     mask_ratio_min: float = 0.7, label_drop_prob: float = 0.1,
-                    diffusion_batch_mul: int = 4, ema_rate: float = 0.9999, mask_buckets: int = 1,
-                    batch_sharding: jax.sharding.Sharding | None = None,
+                    diffusion_batch_mul: int = 4, ema_rate: float = 0.9999, ema_warmup: bool = False,
+                    mask_buckets: int = 1, batch_sharding: jax.sharding.Sharding | None = None,
                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """Builds `train_step(state, batch, rng) -> (state, metrics)`.
 
     batch: {"latents": (B, H, W, C) float in model space (scaled VAE latents, or pixels in
     [-1, 1] for a pixel-space model), "labels": (B,) int}; with the softmax head {"codes": (B, h, w)
     or (B, L) int VQ codes, "labels"} instead (the cross-entropy on the masked codes).
-    metrics: loss, grad_norm, lr, param_norm, mask_ratio (scalars).
+    metrics: loss, grad_norm, lr, param_norm, mask_ratio (scalars). The EMA decays at
+    `ema_rate_at(ema_rate, step, ema_warmup)`.
     """
     seq_len, token_dim = model.seq_len, model.token_dim
     buckets = mask_count_buckets(seq_len, mask_ratio_min, mask_buckets)
@@ -83,7 +84,7 @@ def make_train_step(model: MAR, tx: optax.GradientTransformation, schedule: opta
         loss, grads = jax.lax.switch(bucket_index(num_masked, buckets), branches, state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema_params = ema_update(state.ema_params, params, ema_rate)
+        ema_params = ema_update(state.ema_params, params, ema_rate_at(ema_rate, state.step, ema_warmup))
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
                    "param_norm": optax.tree.norm(params), "mask_ratio": num_masked / seq_len}
         return TrainState(state.step + 1, params, ema_params, opt_state), metrics

@@ -114,7 +114,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
     model = model_from_config(config)
     t, s = config.train, config.sample
     tx, schedule = optimizer_from_config(config, step_plan(config, num_records), weight_decay_mask)
-    step = make_loss_step(var_loss(model, t.label_smoothing), tx, schedule, t.ema_rate)
+    step = make_loss_step(var_loss(model, t.label_smoothing), tx, schedule, t.ema_rate, t.ema_warmup)
 
     def prepare_batch(batch: dict, key: jax.Array) -> dict:
         del key
