@@ -96,6 +96,15 @@ def test_validate_rejects(override, message):
         check_config(config)
 
 
+def test_the_folder_config_keeps_the_short_run_fixes():
+    """An EMA warm-up (else the EMA grids are noise for thousands of steps) and temperature 0.8;
+    unconditional by default, so any folder runs; it checks as it is."""
+    config = load("folder.py")
+    check_config(config)
+    assert config.train.ema_warmup and config.sample.temperature == 0.8 and config.data.num_classes == 0
+    assert config_keys(config) == config_keys(base_config())
+
+
 def test_the_short_latent_runs_clip_x0_to_their_latents_range():
     """Unclipped, a briefly trained latent MAR's samples run away (tests/test_diffusion.py); the
     digits' scaled latents lie within about +-3.5."""
