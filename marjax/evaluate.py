@@ -24,7 +24,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from marjax.data.class_labels import sample_labels
+from marjax.data.class_labels import reported_labels, sample_labels
 from marjax.metric_writer import MetricWriter
 from marjax.parallel.sharding import mesh_from_config
 from marjax.tasks.registry import check_config, restore_generator
@@ -48,7 +48,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     outputs = generate_and_extract(config, task, params, labels, network, mesh, batch_size, png_directory,
                                    f"checkpoint {step} in {workdir}/checkpoints")
     figures = score(network, reference, outputs["pool"], outputs["logits"],
-                    labels if config.data.num_classes else None)
+                    reported_labels(labels, config.data.num_classes))
     writer = MetricWriter(workdir, just_logging=jax.process_index() > 0)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in figures.items()})
     writer.close()

@@ -11,7 +11,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from marjax.data.class_labels import sample_labels
+from marjax.data.class_labels import reported_labels, sample_labels
 from marjax.image_files import write_samples
 from marjax.tasks.generation import generate_images
 from marjax.tasks.registry import check_config, restore_generator
@@ -30,6 +30,6 @@ def sample_from_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
                  "EMA" if config.sample.use_ema else "raw")
     images = generate_images(task.generate, params, labels, jax.random.key(config.sample.seed),
                              config.sample.batch_size, f"checkpoint {step} in {workdir}/checkpoints")
-    path = write_samples(samples, f"step_{step}", images, labels if config.data.num_classes else None)
+    path = write_samples(samples, f"step_{step}", images, reported_labels(labels, config.data.num_classes))
     logging.info("wrote %s and %s", path, path[:-4] + ".npz")
     return path

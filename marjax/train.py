@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 from marjax.checkpoints import DIVERGED_FOLDER, RunCheckpoints
 from marjax.config.checks import check_batch_split
 from marjax.config.loading import config_items
+from marjax.data.class_labels import reported_labels
 from marjax.data.pipeline import global_batch, make_dataset
 from marjax.data.sources import make_source
 from marjax.errors import ConfigError, TrainingDiverged
@@ -201,7 +202,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
                     step % config.train.sample_every_steps == 0 or step == plan.total_steps):
                 images, labels = task.visualize(state, sample_key)
                 path = write_samples(f"{workdir}/samples", f"train_step_{step}_ema", images,
-                                     labels if config.data.num_classes else None)
+                                     reported_labels(labels, config.data.num_classes))
                 writer.write_images(step, {"samples_ema": images})
                 logging.info("step %d: sample grid of the EMA params written to %s", step, path)
                 if warning := grid_warning(images, step):

@@ -21,3 +21,9 @@ def sample_labels(num_images: int, num_classes: int, classes: str = "") -> np.nd
         raise ValueError(wanted)
     order = np.argsort(np.arange(num_images) % chosen.size, kind="stable")
     return chosen[np.arange(num_images) % chosen.size][order].astype(np.int32)
+
+
+def reported_labels(labels: np.ndarray, num_classes: int) -> np.ndarray | None:
+    """The labels that sample files and scores report for generated `labels` (N,): None for an
+    unconditional model (num_classes 0), whose zeros only select its null class."""
+    return labels if num_classes else None

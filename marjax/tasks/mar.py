@@ -127,7 +127,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
     tx, schedule = optimizer_from_config(config, step_plan(config, num_records), weight_decay_mask)
     mar_step = make_train_step(model, tx, schedule, mask_ratio_min=t.mask_ratio_min,
                                label_drop_prob=t.label_drop_prob, diffusion_batch_mul=t.diffusion_batch_mul,
-                               ema_rate=t.ema_rate, ema_warmup=t.ema_warmup, mask_buckets=t.mask_buckets, batch_sharding=batch_sharding(mesh))
+                               ema_rate=t.ema_rate, ema_warmup=t.ema_warmup, mask_buckets=t.mask_buckets,
+                               batch_sharding=batch_sharding(mesh))
 
     softmax = model.head == "softmax"
 

@@ -27,7 +27,7 @@ from marjax.feature_networks import inception
 from marjax.feature_networks.digits import digits_features, heldout_accuracy, train_digits_classifier
 from marjax.feature_networks.inception_torch_layout import load_inception_params
 from marjax.image_files import write_png
-from marjax.data.class_labels import sample_labels
+from marjax.data.class_labels import reported_labels, sample_labels
 from marjax.parallel.sharding import BATCH_AXES, batch_sharding, replicated
 from marjax.tasks.base import Task
 from marjax.tasks.generation import require_varied
@@ -205,4 +205,4 @@ class PeriodicScore:
         outputs = generate_and_extract(self.config, task, params, labels, self.network, self.mesh, batch_size, None,
                                        f"the params at training step {step}")
         return score(self.network, self.reference, outputs["pool"], outputs["logits"],
-                     labels if self.config.data.num_classes else None)
+                     reported_labels(labels, self.config.data.num_classes))
