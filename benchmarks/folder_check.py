@@ -9,6 +9,9 @@ Prints JSON:
   is that SVM on the training folder's images, the ceiling to compare with.
 - `nearest_train_distance` / `real_nearest_train_distance`: mean Euclidean distance (0..1 pixels)
   from each sample, and from each held-out image, to its nearest image of `train/`.
+- `spread` / `real_spread`: the per-pixel standard deviation within a class (0..1 pixels), averaged
+  over classes (`marjax.digits_check`'s), of the samples by requested class and of `train/`: variety,
+  which a low sampling temperature trades for recognition.
 - `seam_ratio` / `real_seam_ratio`: the mean absolute step between neighbouring pixels across the
   borders of `--patch`-pixel tokens over that within them; patch texture shows as a ratio above
   the real images'.
@@ -22,6 +25,8 @@ from absl import app, flags
 from PIL import Image
 from sklearn.svm import SVC
 
+from marjax.metrics import nearest_distance, within_class_spread
+
 FOLDER = flags.DEFINE_string("folder", None, "The folder written by benchmarks/digit_folder.py.", required=True)
 SAMPLES = flags.DEFINE_string("samples", None, "An .npz written by --mode=sample.", required=True)
 PATCH = flags.DEFINE_integer("patch", 4, "The model's token size in pixels, for the seam ratio.")
@@ -34,12 +39,6 @@ def read_split(root: str) -> tuple[np.ndarray, np.ndarray]:
         raise FileNotFoundError(f"{root} holds no <class>/*.png: write it with benchmarks/digit_folder.py")
     images = np.stack([np.asarray(Image.open(f).convert("L"), np.float32).reshape(-1) / 255.0 for f in files])
     return images, np.asarray([int(os.path.basename(os.path.dirname(f))) for f in files])
-
-
-def nearest_distance(queries: np.ndarray, references: np.ndarray) -> float:
-    """Mean over queries (N, D) of the Euclidean distance to the nearest row of references (M, D)."""
-    d2 = (queries ** 2).sum(1)[:, None] - 2 * queries @ references.T + (references ** 2).sum(1)[None]
-    return float(np.sqrt(np.maximum(d2.min(axis=1), 0)).mean())
 
 
 def seam_ratio(images: np.ndarray, patch: int) -> float:
@@ -65,6 +64,8 @@ def check_folder_samples(folder: str, images: np.ndarray, labels: np.ndarray, pa
         "classifier_train_folder_accuracy": float(classifier.score(train_x, train_y)),
         "nearest_train_distance": nearest_distance(samples, train_x),
         "real_nearest_train_distance": nearest_distance(heldout_x, train_x),
+        "spread": within_class_spread(samples, np.asarray(labels)),
+        "real_spread": within_class_spread(train_x, train_y),
         "seam_ratio": seam_ratio(samples.reshape(-1, side, side), patch),
         "real_seam_ratio": seam_ratio(heldout_x.reshape(-1, side, side), patch),
     }

@@ -25,17 +25,7 @@ from sklearn.datasets import load_digits
 from sklearn.svm import SVC
 
 from marjax.data.digits import NUM_TRAIN, digit_pixels
-
-def within_class_spread(pixels: np.ndarray, labels: np.ndarray) -> float:
-    """Mean over classes present of the mean per-pixel std within the class. pixels: (N, 64)."""
-    return float(np.mean([pixels[labels == c].std(axis=0).mean() for c in np.unique(labels)]))
-
-
-def nearest_distance(queries: np.ndarray, references: np.ndarray) -> float:
-    """Mean over queries of the Euclidean distance to the nearest reference row."""
-    d2 = (queries ** 2).sum(1)[:, None] - 2 * queries @ references.T + (references ** 2).sum(1)[None]
-    return float(np.sqrt(np.maximum(d2.min(axis=1), 0)).mean())
-
+from marjax.metrics import nearest_distance, within_class_spread
 
 
 def check_digits(images: np.ndarray, labels: np.ndarray | None) -> dict:

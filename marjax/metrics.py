@@ -5,6 +5,8 @@
   (an eps offset on the diagonals when the product is singular; the tiny imaginary part dropped).
 - Inception Score: exp(E KL(p(y|x) || p(y))) over 10 splits of the shuffled logits, as
   torch-fidelity (float64 softmax, permutation by RandomState(2020), split i = [iN/10, (i+1)N/10)).
+- Nearest-training distance and within-class spread: the figures of the independent sample checks
+  (`marjax.digits_check`, `benchmarks/folder_check.py`).
 - Precision / recall (Kynkaanniemi et al. 2019, k = 3, as ADM's evaluator and torch-fidelity): a
   feature set's manifold is the union of balls around each of its points, radius = distance to
   its k-th nearest other point; precision = share of generated points inside the real manifold,
@@ -81,6 +83,18 @@ def inception_score(logits: np.ndarray, splits: int = 10, seed: int = 2020) -> t
 
 def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum((a ** 2).sum(1)[:, None] - 2 * a @ b.T + (b ** 2).sum(1)[None], 0)
+
+
+def nearest_distance(queries: np.ndarray, references: np.ndarray) -> float:
+    """Mean over queries (N, D) of the Euclidean distance to the nearest row of references (M, D):
+    how close samples lie to the training images, against real held-out images (copies: near 0)."""
+    return float(np.sqrt(_squared_distances(queries, references).min(axis=1)).mean())
+
+
+def within_class_spread(pixels: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the classes present of the mean per-pixel std within the class: variety.
+    pixels (N, D), labels (N,)."""
+    return float(np.mean([pixels[labels == c].std(axis=0).mean() for c in np.unique(labels)]))
 
 
 def manifold_radii(features: np.ndarray, k: int = 3, batch_size: int = 2048) -> np.ndarray:
