@@ -17,8 +17,9 @@ from ml_collections import config_flags
 from marjax.compile_cache import use_compile_cache
 from marjax.config.loading import parse_flags
 from marjax.data.code_cache import write_code_cache
-from marjax.data.latent_cache import write_latent_cache
+from marjax.data.latent_cache import latent_statistics, scale_advice, write_latent_cache
 from marjax.data.sources import make_source
+from marjax.data.token_cache import write_labels_info
 from marjax.errors import ConfigError, MarjaxError
 from marjax.parallel import distributed
 from marjax.tasks.registry import check_config
@@ -67,12 +68,15 @@ def main(argv: list[str]) -> None:
     except MarjaxError as e:
         raise SystemExit(f"error: {e}") from e
     where = (OUTPUT.value, BATCH_SIZE.value)
+    if jax.process_index() == 0:
+        write_labels_info(OUTPUT.value, config.data.num_classes)
     if discrete:
         path = write_code_cache(source, lambda images: flat_codes(tokenizer.encode_codes(images)), *where,
                                 image_size=config.data.image_size, ten_crop=TEN_CROP.value,
                                 process_index=jax.process_index(), process_count=jax.process_count())
     else:
         path = write_latent_cache(source, tokenizer.moments, *where, jax.process_index(), jax.process_count())
+        print(scale_advice(latent_statistics(path), config.tokenizer.scale))
     print(f"wrote {path}")
 
 

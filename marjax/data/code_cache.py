@@ -29,8 +29,8 @@ PREFIX = "codes"
 class CachedCodeSource(CachedTokenSource):
     """Records of a code cache: {"codes": (A, L) int32, "label": int32}."""
 
-    def __init__(self, directory: str):
-        super().__init__(directory, PREFIX, "code")
+    def __init__(self, directory: str, num_classes: int = 0):
+        super().__init__(directory, PREFIX, "code", num_classes)
 
 
 def five_crops(images: np.ndarray, size: int) -> list[np.ndarray]:

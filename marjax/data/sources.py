@@ -95,8 +95,8 @@ def _labelled_source(data_config) -> Sequence[dict]:
         return TfdsSource(data_config.tfds_name, data_config.split, data_config.image_size,
                           data_config.tfds_data_dir)
     if kind == "cached_latents":
-        return CachedLatentSource(data_config.path)
+        return CachedLatentSource(data_config.path, data_config.num_classes)
     if kind == "cached_codes":
-        return CachedCodeSource(data_config.path)
+        return CachedCodeSource(data_config.path, data_config.num_classes)
     raise DataError(f"unknown data.source {kind!r}; choose 'digits', 'image_folder', 'tfds', 'cached_latents' or "
                     f"'cached_codes'")
