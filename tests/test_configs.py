@@ -96,20 +96,38 @@ def test_validate_rejects(override, message):
         check_config(config)
 
 
-def test_the_folder_config_keeps_the_short_run_fixes():
-    """An EMA warm-up (else the EMA grids are noise for thousands of steps) and temperature 0.8;
-    unconditional by default, so any folder runs; it checks as it is."""
-    config = load("folder.py")
+@pytest.mark.parametrize("name, temperature", [("folder.py", 0.8), ("folder_latent.py", 0.7), ("folder_vae.py", None)])
+def test_the_folder_configs_keep_the_short_run_fixes(name, temperature, tmp_path):
+    """The MAR runs: an EMA warm-up (else the EMA grids are noise for thousands of steps) and a
+    temperature below 1. Unconditional by default, so any folder runs; each checks as it is, the
+    latent path's MAR once it is given the autoencoder run."""
+    config = load(name)
+    if config.tokenizer.kind == "kl" and config.task == "mar":
+        with pytest.raises(ConfigError, match="needs its weights: pass --config.tokenizer.checkpoint"):
+            check_config(config)
+        config.tokenizer.checkpoint = str(tmp_path)
     check_config(config)
-    assert config.train.ema_warmup and config.sample.temperature == 0.8 and config.data.num_classes == 0
+    assert config.data.num_classes == 0 and config.data.image_size == 28
     assert config_keys(config) == config_keys(base_config())
+    if temperature is not None:
+        assert config.train.ema_warmup and config.sample.temperature == temperature
 
 
-def test_the_short_latent_runs_clip_x0_to_their_latents_range():
+def test_the_folder_latent_path_has_the_folder_models_tokens():
+    """The latent path's MAR sees 7x7 tokens of 16 values, as the pixel path's does, each 4x4 pixels."""
+    pixels, latents = load("folder.py"), load("folder_latent.py")
+    stride = 2 ** (len(latents.tokenizer.ch_mult) - 1)
+    assert latents.tokenizer.to_dict() == {**load("folder_vae.py").tokenizer.to_dict(), "scale": 0.3262}
+    assert latents.model.patch_size * stride == pixels.model.patch_size == 4
+    assert latents.model.patch_size ** 2 * latents.tokenizer.embed_dim == pixels.model.patch_size ** 2
+
+
+@pytest.mark.parametrize("name, clip_range", [("digits_latent.py", 5.0), ("folder_latent.py", 6.0)])
+def test_the_short_latent_runs_clip_x0_to_their_latents_range(name, clip_range):
     """Unclipped, a briefly trained latent MAR's samples run away (tests/test_diffusion.py); the
-    digits' scaled latents lie within about +-3.5."""
-    sample = load("digits_latent.py").sample
-    assert sample.clip_denoised and sample.clip_range == 5.0
+    scaled latents reach about 3.5 (digits) and 4.7 (the 28x28 digit folder)."""
+    sample = load(name).sample
+    assert sample.clip_denoised and sample.clip_range == clip_range
 
 
 @pytest.mark.parametrize("override, message", [
