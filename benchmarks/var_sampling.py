@@ -4,6 +4,7 @@ CPU, the same weights in both. Prints one JSON line.
 
   python benchmarks/var_sampling.py --reference=/path/to/VAR
   python benchmarks/var_sampling.py --reference=/path/to/VAR --batch=16 --cfg=1.5 --top-k=900 --top-p=0.96 --rounds=7
+  python benchmarks/var_sampling.py --reference=/path/to/VAR --host-top-k     # sample.host_top_k=True
 
 Size: the published tokenizer's quantizer (V 4096, Cvae 32, the 256-px scales 1..16, 680 tokens) under
 a tiny transformer (depth 2, width 128, 2 heads, 10 classes) at VAR's init. Both
@@ -87,6 +88,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=900)
     parser.add_argument("--top-p", type=float, default=0.96)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--host-top-k", action="store_true", help="marjax's top-k by numpy on the host "
+                        "(sample.host_top_k)")
     args = parser.parse_args()
     if args.reference is None:
         sys.exit("error: give --reference=PATH, a checkout of FoundationVision/VAR (its models/var.py)")
@@ -102,7 +105,7 @@ def main() -> None:
 
     def run_marjax():
         codes, f_hat = generate_var(model, params, vqvae, vae_params, labels, jax.random.key(0), cfg=args.cfg,
-                                    top_k=args.top_k, top_p=args.top_p)
+                                    top_k=args.top_k, top_p=args.top_p, host_top_k=args.host_top_k)
         jax.block_until_ready((codes, f_hat))
 
     def run_reference():
@@ -123,6 +126,7 @@ def main() -> None:
     ratios = [r["reference"] / r["marjax"] for r in rounds]
     record = {"benchmark": "var_sampling", "size": {k: list(v) if isinstance(v, tuple) else v for k, v in SIZE.items()},
               "batch": args.batch, "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p,
+              "host_top_k": args.host_top_k,
               "marjax_first_call_incl_compile_s": round(first_marjax, 2),
               "reference_first_call_s": round(first_reference, 2), "rounds": rounds,
               "marjax_median_s": round(statistics.median(r["marjax"] for r in rounds), 4),

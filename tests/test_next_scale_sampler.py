@@ -149,9 +149,20 @@ def test_same_keys_same_codes_different_keys_different_codes(tiny):
     np.testing.assert_array_equal(run(jax.random.key(1))[0][-1], run(jax.random.key(1))[0][-1])
 
 
+def test_the_host_top_k_draws_the_same_codes(tiny):
+    """sample.host_top_k: numpy's top-k on the host (`heads.top_k`) gives the candidates in the same
+    order, so the same keys draw the same codes, with top-p and with top-k alone."""
+    for setting in (SETTING, dict(SETTING, top_p=0.0)):
+        codes, f_hat = sample(tiny, **setting)
+        host_codes, host_f_hat = sample(tiny, **setting, host_top_k=True)
+        for a, b in zip(codes, host_codes):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(f_hat, host_f_hat)
+
+
 def test_one_program_for_every_call_of_a_setting(tiny):
     """keys, rng, the guidance scale, top_p and known codes are traced: no new program or trace."""
-    program = next_scale._program(MODEL, VQ, B, True, SETTING["top_k"], False)
+    program = next_scale._program(MODEL, VQ, B, True, SETTING["top_k"], False, False)
     sample(tiny)
     built = next_scale._program.cache_info().misses
     known = dict(known_codes=[np.ones((B, p, p), np.int32) for p in PATCH_NUMS],
@@ -166,7 +177,7 @@ def test_cfg_zero_runs_no_unconditional_half(tiny):
     params, vae_params = tiny
     args = (params, vae_params["quantizer"], LABELS, scale_keys(0), np.zeros((K, 2), np.float32), np.float32(-1),
             *next_scale._known(None, None, B, PATCH_NUMS))
-    flops = {guided: next_scale._program(MODEL, VQ, B, guided, 8, False).lower(*args).cost_analysis()["flops"]
+    flops = {guided: next_scale._program(MODEL, VQ, B, guided, 8, False, False).lower(*args).cost_analysis()["flops"]
              for guided in (True, False)}
     assert flops[False] < 0.6 * flops[True]
 

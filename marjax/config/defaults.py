@@ -131,6 +131,8 @@ def base_config(task: str = "mar") -> ml_collections.ConfigDict:
     c.sample.top_p = 1.0              # softmax heads: 1.0 = off
     c.sample.cfg_interval = -1        # GPT (LlamaGen's): guide tokens up to this index only; -1 = every token
     c.sample.more_smooth = False      # VAR: Gumbel-softmax smoothing of the f_hat of sampled scales (visual only)
+    c.sample.host_top_k = False       # VAR on a one-device CPU: top-k by numpy on the host (faster; the sampler
+                                      # is then compiled every run: JAX does not cache programs with callbacks)
     c.sample.seed = 0
     c.sample.step = config_dict.placeholder(int)  # None: the latest checkpoint
 

@@ -12,7 +12,7 @@ At scale k (0-based, ratio r = k / (K - 1)), as the reference:
     guides every later scale (t = r); cfg = 0 is no guidance and runs no unconditional half.
   filtering (VAR's sample_with_top_k_top_p_): top-k keeps the k largest logits; top-p drops those
     whose cumulative probability in ascending order is <= 1 - top_p, never the largest. No
-    temperature. Only the candidates are sorted (`lax.top_k`, k of V; all V for top-p alone) and the
+    temperature. Only the candidates are sorted (`heads.top_k`, k of V; all V for top-p alone) and the
     draw is one uniform per token through their CDF (`draw`, from keys[k]): sorting or drawing over
     the whole vocabulary dominates the sampler's time on CPUs.
   more_smooth (VAR's visual option): f_hat takes softmax((filtered logits (1 + r) + Gumbel noise) /
@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from marjax.heads.top_k import top_k
 from marjax.models.var import VAR, init_caches
 from marjax.tokenizers.msvq_vae import VQVAE
 from marjax.tokenizers.resampling import area_resize, bilinear_resize
@@ -55,7 +56,8 @@ def top_p_threshold(top_p: float) -> np.float32:
     return np.float32(1.0 - top_p if 0.0 < top_p < 1.0 else -1.0)
 
 
-def filtered_candidates(logits: jax.Array, count: int, threshold: ArrayLike) -> tuple[jax.Array, jax.Array | None]:
+def filtered_candidates(logits: jax.Array, count: int, threshold: ArrayLike,
+                        host_top_k: bool = False) -> tuple[jax.Array, jax.Array | None]:
     """VAR's sample_with_top_k_top_p_ without the draw, on the candidates only.
 
     logits (..., V); count (static, `candidate_count`); threshold (`top_p_threshold`, may be traced) ->
@@ -64,12 +66,12 @@ def filtered_candidates(logits: jax.Array, count: int, threshold: ArrayLike) -> 
     (top-k; ties at the k-th value keep the lower indices, where torch keeps them all). Top-p then
     removes the candidates whose cumulative softmax probability in ascending order is <= threshold,
     never the largest; the softmax is over the candidates, which is the reference's softmax over the
-    top-k-filtered logits.
+    top-k-filtered logits. host_top_k (static): the candidates by `heads.top_k.top_k(on_host=True)`.
     """
     logits = logits.astype(jnp.float32)
     if count == 0:
         return logits, None
-    values, indices = jax.lax.top_k(logits, count)
+    values, indices = top_k(logits, count, on_host=host_top_k)
     from_below = jnp.cumsum(jax.nn.softmax(values[..., ::-1], axis=-1), axis=-1)[..., ::-1]
     remove = (from_below <= threshold).at[..., 0].set(False)
     return jnp.where(remove, -jnp.inf, values), indices
@@ -129,6 +131,7 @@ def _scale_masks(mask: jax.Array, patch_nums: tuple[int, ...]) -> list[jax.Array
 
 def generate_var(model: VAR, params: dict, vqvae: VQVAE, vae_params: dict, labels: ArrayLike, rng: jax.Array, *,
                  cfg: float = 0.0, top_k: int = 0, top_p: float = 1.0, more_smooth: bool = False,
+                 host_top_k: bool = False,
                  keys: jax.Array | None = None, known_codes: Sequence[ArrayLike] | None = None,
                  known_masks: Sequence[ArrayLike] | None = None) -> tuple[list[jax.Array], jax.Array]:
     """Samples VAR's codes scale by scale.
@@ -143,6 +146,8 @@ def generate_var(model: VAR, params: dict, vqvae: VQVAE, vae_params: dict, label
         the paper's FID setting is 1.5 with top_k 900, top_p 0.96).
       top_k (0 = off), top_p (off when <= 0 or >= 1; VAR's own default 0.0 is off too): `filter_logits`.
       more_smooth: VAR's Gumbel-softmax mix of codebook rows for f_hat (visuals; not for FID).
+      host_top_k: top-k by numpy on the host (`heads.top_k`): the same codes, faster on a one-device
+        CPU, but the program is not kept in the persistent compilation cache.
       keys: optional (K,) PRNG keys; scale k draws from keys[k].
       known_codes, known_masks: optional lists over the scales of (B, p_k, p_k) int codes (the
         tokenizer's codes of the image to edit, `VQVAE.codes`) and bool masks (True = known;
@@ -167,13 +172,13 @@ def generate_var(model: VAR, params: dict, vqvae: VQVAE, vae_params: dict, label
     ratios = np.arange(num_scales) / (num_scales - 1)
     weights = np.stack([1.0 + cfg * ratios, cfg * ratios], axis=1).astype(np.float32)
     program = _program(model, vqvae, labels.shape[0], cfg != 0.0, candidate_count(top_k, top_p, model.vocab_size),
-                       bool(more_smooth))
+                       bool(more_smooth), bool(host_top_k))
     return program(params, vae_params["quantizer"], labels, keys, weights, top_p_threshold(top_p), known_codes,
                    known_masks)
 
 
 @functools.lru_cache(maxsize=32)
-def _program(model: VAR, vqvae: VQVAE, batch: int, guided: bool, count: int, more_smooth: bool):
+def _program(model: VAR, vqvae: VQVAE, batch: int, guided: bool, count: int, more_smooth: bool, host_top_k: bool):
     """One jitted sampler per static setting (count: `candidate_count`); keys, guidance weights, top_p
     and known codes are traced."""
     num_scales = len(model.patch_nums)
@@ -198,7 +203,7 @@ def _program(model: VAR, vqvae: VQVAE, batch: int, guided: bool, count: int, mor
             if guided:
                 cond, uncond = jnp.split(logits, 2)
                 logits = weights[k, 0] * cond - weights[k, 1] * uncond
-            values, indices = filtered_candidates(logits, count, threshold)
+            values, indices = filtered_candidates(logits, count, threshold, host_top_k)
             drawn = draw(keys[k], values)
             if indices is not None:
                 drawn = jnp.take_along_axis(indices, drawn[..., None], axis=-1)[..., 0]

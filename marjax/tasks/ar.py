@@ -55,7 +55,7 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
                  at_least_one=("model.patch_size", "model.depth"),
                  divisible=(("model.width", "model.num_heads"),))
     check_unused(config, ("train.mask_ratio_min", "train.mask_buckets", "sample.num_iter", "sample.more_smooth",
-                          "train.label_smoothing"),
+                          "sample.host_top_k", "train.label_smoothing"),
                  "a causal AR model predicts every token, one per step, with no mask")
     spec = tokenizer_spec(config)
     head = config.model.head

@@ -33,7 +33,8 @@ from marjax.tasks.tokenizer_from_config import check_available, make_tokenizer, 
 
 # Fields of the MAR family's recipe that a GPT run does not read.
 UNUSED = ("train.mask_ratio_min", "train.mask_buckets", "train.diffusion_batch_mul", "sample.num_iter",
-          "sample.num_diffusion_steps", "sample.clip_denoised", "sample.clip_range", "sample.more_smooth")
+          "sample.num_diffusion_steps", "sample.clip_denoised", "sample.clip_range", "sample.more_smooth",
+          "sample.host_top_k")
 
 
 def imagenet_gpt_config(preset: str, cfg: float = 2.0) -> ml_collections.ConfigDict:

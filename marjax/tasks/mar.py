@@ -69,7 +69,7 @@ def check_config(config: ml_collections.ConfigDict, weights: bool = True) -> Non
         raise ConfigError(f"train.mask_ratio_min={config.train.mask_ratio_min}: the smallest masked fraction lies in "
                           f"(0, 1]")
     check_unused(config, ("sample.top_k", "sample.top_p", "sample.cfg_interval", "sample.more_smooth",
-                          "train.label_smoothing"), "MAR samples with sample.temperature and sample.cfg")
+                          "sample.host_top_k", "train.label_smoothing"), "MAR samples with sample.temperature and sample.cfg")
     spec = tokenizer_spec(config)
     if m.head == "softmax":
         if not spec.discrete:

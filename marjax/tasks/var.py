@@ -133,7 +133,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_record
     def sample_images(params, labels: jax.Array, rng: jax.Array, **known) -> jax.Array:
         vae = tokenizer()
         _, f_hat = generate_var(model, params, vae.model, vae.params, labels, rng, cfg=s.cfg, top_k=s.top_k,
-                                top_p=s.top_p, more_smooth=s.more_smooth, **known)
+                                top_p=s.top_p, more_smooth=s.more_smooth, host_top_k=s.host_top_k, **known)
         return to_uint8(vae.decode(f_hat))
 
     def edit_batch(params, images: jax.Array, keep: jax.Array, labels: jax.Array, rng: jax.Array) -> jax.Array:
