@@ -122,6 +122,15 @@ def test_the_folder_latent_path_has_the_folder_models_tokens():
     assert latents.model.patch_size ** 2 * latents.tokenizer.embed_dim == pixels.model.patch_size ** 2
 
 
+@pytest.mark.parametrize("name", ["digits.py", "ar_digits.py", "gpt_digits.py"])
+def test_the_host_top_k_is_vars_alone(name):
+    """sample.host_top_k serves VAR's sampler; the other families refuse it rather than ignore it."""
+    config = load(name)
+    config.sample.host_top_k = True
+    with pytest.raises(ConfigError, match="sample.host_top_k=True has no effect on task="):
+        check_config(config, weights=False)
+
+
 @pytest.mark.parametrize("name, clip_range", [("digits_latent.py", 5.0), ("folder_latent.py", 6.0)])
 def test_the_short_latent_runs_clip_x0_to_their_latents_range(name, clip_range):
     """Unclipped, a briefly trained latent MAR's samples run away (tests/test_diffusion.py); the

@@ -37,3 +37,10 @@ def test_the_host_top_k_takes_float32_only():
 def test_k_outside_the_axis_is_refused(k):
     with pytest.raises(ValueError, match=f"k={k} must lie in"):
         top_k(jnp.zeros((2, 8)), k)
+
+
+def test_the_host_top_k_is_refused_across_several_devices(monkeypatch):
+    """There the callback would gather every shard onto one device."""
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    with pytest.raises(ValueError, match="serves a one-device CPU; this is 8 cpu device"):
+        top_k(jnp.zeros((2, 8)), 2, on_host=True)
