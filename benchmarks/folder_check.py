@@ -10,7 +10,7 @@ Prints JSON:
 - `nearest_train_distance` / `real_nearest_train_distance`: mean Euclidean distance (0..1 pixels)
   from each sample, and from each held-out image, to its nearest image of `train/`.
 - `spread` / `real_spread`: the per-pixel standard deviation within a class (0..1 pixels), averaged
-  over classes (`marjax.digits_check`'s), of the samples by requested class and of `train/`: variety,
+  over classes (`marjax.metrics.within_class_spread`), of the samples by requested class and of `train/`: variety,
   which a low sampling temperature trades for recognition.
 - `seam_ratio` / `real_seam_ratio`: the mean absolute step between neighbouring pixels across the
   borders of `--patch`-pixel tokens over that within them; patch texture shows as a ratio above
