@@ -107,6 +107,14 @@ def run_facts() -> dict[str, Any]:
             "num_devices": jax.device_count(), "jax": jax.__version__, "python": platform.python_version()}
 
 
+def device_peak_mib() -> float | None:
+    """The local device allocator's peak bytes in use so far, in MiB; None where it keeps no count (CPU)."""
+    stats = jax.devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return round(stats["peak_bytes_in_use"] / 2**20, 1)
+
+
 def time_calls(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
     """(first call incl. compile, median of `repeats` later calls), seconds, each call blocked on."""
     start = time.perf_counter()

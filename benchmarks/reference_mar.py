@@ -132,6 +132,8 @@ def main() -> None:
                       "batch": args.batch, "bf16": args.bf16, **result, "first_call_s": round(first, 3),
                       "start_to_first_call_end_s": round(first_end, 3),
                       "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                      "device_peak_mib": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                                          if device.type == "cuda" else None),
                       "torch": torch.__version__, "threads": torch.get_num_threads()}))
 
 

@@ -8,7 +8,9 @@ device. Prints one JSON line.
 
 MFU = analytic matmul FLOPs per image (`marjax.models.mar_flops`, the reference's useful work, 3 x forward)
 x images/s / the device's peak (`bench_setup.PEAK_TFLOPS`; `--peak-tflops` on other devices).
-`xla_gflop_per_image` is XLA's own count of the compiled step (padding and elementwise work
+`temp_mib` and `arguments_mib` are the compiled step's plan (what `--mode=compile` prints);
+`device_peak_mib` is the device allocator's peak over the whole run (None where the device
+does not report it, as on CPU). `xla_gflop_per_image` is XLA's own count of the compiled step (padding and elementwise work
 included; with `--mask-buckets` > 1, XLA's figure for the switch between the buckets' branches,
 not the expectation over mask counts). With `--reference-code`, the reference PyTorch MAR is timed first at the same size and
 batch on the same device, in a child process.
@@ -17,8 +19,8 @@ import argparse
 import json
 import time
 
-from bench_setup import (add_train_arguments, build_model, peak_tflops, run_facts, run_reference, time_calls,
-                         train_setup, utilisation)
+from bench_setup import (add_train_arguments, build_model, device_peak_mib, peak_tflops, run_facts, run_reference,
+                         time_calls, train_setup, utilisation)
 from marjax.models.mar_flops import train_flops_per_image
 from marjax.blocks.block_stack import REMAT_POLICIES
 
@@ -50,7 +52,7 @@ def main() -> None:
     step = jitted.lower(state, batch, rng).compile()
     compile_s = time.perf_counter() - start
     xla_flops = step.cost_analysis().get("flops")
-    temp_bytes = step.memory_analysis().temp_size_in_bytes
+    plan = step.memory_analysis()
 
     def one_step():
         nonlocal state
@@ -66,7 +68,9 @@ def main() -> None:
               "decoder_depth": model.decoder_depth, "remat": args.remat, "scan_layers": args.scan_layers,
               "step_s": round(median, 4),
               "img_per_s": round(img_per_s, 2), "compile_s": round(compile_s, 2), "first_step_s": round(first, 3),
-              "temp_mib": round(temp_bytes / 2**20, 1),
+              "temp_mib": round(plan.temp_size_in_bytes / 2**20, 1),
+              "arguments_mib": round(plan.argument_size_in_bytes / 2**20, 1),
+              "device_peak_mib": device_peak_mib(),
               **utilisation(flops, img_per_s, peak_tflops(args.bf16, args.peak_tflops)),
               "xla_gflop_per_image": None if xla_flops is None else round(xla_flops / args.batch / 1e9, 2),
               **run_facts()}
