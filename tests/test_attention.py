@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from marjax.blocks.attention import (Attention, KVCache, apply_rope, block_causal_mask, causal_mask, combine_masks,
+from marjax.blocks.attention import (Attention, KVCache, apply_rope, cached_attention, block_causal_mask, causal_mask, combine_masks,
                                      padding_mask, rope_1d, rope_2d)
 from marjax.blocks.dropout import Dropout
 from marjax.blocks.layers import dense
@@ -282,18 +282,19 @@ LENGTH, MAX_LEN, PREFILL = CLS + GRID * GRID, 12, 4
 def garbage_cache(batch, kv_heads):
     """An empty cache whose rows hold large values, so a missing mask shows."""
     cache = KVCache.init(batch, MAX_LEN, kv_heads, WIDTH // HEADS)
-    noise = 1e3 * jax.random.normal(jax.random.key(11), cache.k.shape)
-    return cache.replace(k=noise, v=-noise)
+    noise = 1e3 * jax.random.normal(jax.random.key(11), cache.keys().shape)
+    return cache.replace(k=noise.transpose(0, 2, 3, 1), v=-noise.transpose(0, 2, 1, 3))
 
 
 def test_cache_update_writes_at_length():
     cache = KVCache.init(2, 6, 1, 3, jnp.bfloat16)
-    assert cache.k.shape == (2, 6, 1, 3) and cache.length.dtype == jnp.int32
+    assert cache.keys().shape == cache.values().shape == (2, 6, 1, 3) and cache.length.dtype == jnp.int32
+    assert cache.k.shape == (2, 1, 3, 6) and cache.v.shape == (2, 1, 6, 3)  # the layouts attention reads
     first = jnp.ones((2, 2, 1, 3))
     cache = cache.update(first, 2 * first).update(3 * first[:, :1], 4 * first[:, :1])
     assert int(cache.length) == 3 and cache.k.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(cache.k[0, :, 0, 0], [1, 1, 3, 0, 0, 0])
-    np.testing.assert_array_equal(cache.v[1, :, 0, 0], [2, 2, 4, 0, 0, 0])
+    np.testing.assert_array_equal(cache.keys()[0, :, 0, 0], [1, 1, 3, 0, 0, 0])
+    np.testing.assert_array_equal(cache.values()[1, :, 0, 0], [2, 2, 4, 0, 0, 0])
     np.testing.assert_array_equal(cache.filled_mask()[0, 0, 0], [True] * 3 + [False] * 3)
 
 
@@ -361,3 +362,20 @@ def test_stepping_a_cache_compiles_once():
     assert step._cache_size() == 1
     full = attn.apply({"params": params}, x, mask=causal_mask(LENGTH, LENGTH), rope=(cos[:LENGTH], sin[:LENGTH]))
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_heads, dtype", [(4, jnp.float32), (2, jnp.float32), (1, jnp.bfloat16)])
+def test_cached_attention_is_dot_product_attention_on_the_cache(kv_heads, dtype):
+    """The cache's own layouts (keys transposed) give what jax.nn.dot_product_attention gives on the
+    keys and values as written, masks and grouped heads included."""
+    q = jax.random.normal(jax.random.key(18), (3, 3, 4, 8), dtype)  # (B, n, heads, head_dim)
+    k_new = jax.random.normal(jax.random.key(19), (3, 5, kv_heads, 8), dtype)
+    v_new = jax.random.normal(jax.random.key(20), (3, 5, kv_heads, 8), dtype)
+    cache = KVCache.init(3, 9, kv_heads, 8, dtype).update(k_new, v_new)
+    mask = combine_masks(jax.random.bernoulli(jax.random.key(21), 0.7, (3, 1, 3, 9)).at[..., 0].set(True),
+                         cache.filled_mask())
+    got = cached_attention(q, cache, mask, 8 ** -0.5)
+    expected = jax.nn.dot_product_attention(q, cache.keys(), cache.values(), mask=mask)
+    assert got.dtype == dtype and got.shape == (3, 3, 4, 8)
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected, np.float32),
+                               rtol=1e-6 if dtype == jnp.float32 else 1e-2, atol=1e-6 if dtype == jnp.float32 else 1e-2)

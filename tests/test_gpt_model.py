@@ -131,7 +131,7 @@ def test_cached_decoding_equals_the_causal_forward(num_kv_heads, tiny_params):
     assert full.shape == (3, 16, 64) and full.dtype == jnp.float32
     cached, caches = cached_logits(model, params, codes, labels)
     np.testing.assert_allclose(cached, full, rtol=1e-5, atol=1e-5)
-    assert int(caches[0].length) == 16 and caches[0].k.shape == (3, 17, num_kv_heads or 2, 32)
+    assert int(caches[0].length) == 16 and caches[0].keys().shape == (3, 17, num_kv_heads or 2, 32)
     # causal: a shorter prefix gives the same logits
     np.testing.assert_allclose(forward(model, params, codes[:, :7], labels), full[:, :7], rtol=1e-5, atol=1e-5)
 

@@ -100,7 +100,7 @@ def test_cached_scales_equal_the_block_causal_forward(tiny):
     assert full.shape == (3, 30, 64) and full.dtype == jnp.float32
     logits, caches = cached(model, params, labels, inputs)
     np.testing.assert_allclose(logits, full, rtol=1e-5, atol=1e-5)
-    assert len(caches) == 2 and int(caches[0].length) == 30 and caches[0].k.shape == (3, 30, 4, 16)
+    assert len(caches) == 2 and int(caches[0].length) == 30 and caches[0].keys().shape == (3, 30, 4, 16)
 
 
 def test_an_input_token_of_scale_k_reaches_scales_k_and_later_only(tiny):

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from marjax.blocks.attention import KVCache, combine_masks
+from marjax.blocks.attention import KVCache, cached_attention, combine_masks
 from marjax.blocks.dropout import DropPath
 from marjax.blocks.layers import Dtype, dense, layer_norm, named
 
@@ -100,9 +100,9 @@ class QKNormAttention(nn.Module):
             scale = 0.25 / math.sqrt(head_dim)
         if cache is not None:
             cache = cache.update(k, v)
-            k, v = cache.k.astype(q.dtype), cache.v.astype(q.dtype)
-            mask = combine_masks(mask, cache.filled_mask())
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=self.attention_impl)
+            out = cached_attention(q, cache, combine_masks(mask, cache.filled_mask()), scale)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=self.attention_impl)
         out = dense(width, "proj", self.dtype, True, trunc_normal(self.init_std, self.proj_factor),
                     axes=("heads", "embed"))(out.reshape(b, n, width))
         return out if cache is None else (out, cache)

@@ -57,10 +57,14 @@ def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
 
 @struct.dataclass
 class KVCache:
-    """Keys and values of the positions seen so far, at static shapes.
+    """Keys and values of the positions seen so far, at static shapes, in the layouts the two
+    attention products read: k (B, kv_heads, head_dim, max_len), the keys transposed, and
+    v (B, kv_heads, max_len, head_dim). length: int32 scalar, the number of filled positions (shared
+    by the batch). Positions at and after `length` hold zeros or stale values and are masked.
 
-    k, v: (B, max_len, kv_heads, head_dim); length: int32 scalar, the number of filled positions
-    (shared by the batch). Rows at and after `length` hold zeros or stale values and are masked.
+    Not (B, max_len, kv_heads, head_dim), the layout the keys come in: with it XLA's CPU backend
+    transposed every layer's whole cache at every decode step, most of a small GPT's step
+    (BENCHMARKS.md). Here only the new positions are transposed, when they are written.
     """
 
     k: jax.Array
@@ -69,26 +73,64 @@ class KVCache:
 
     @classmethod
     def init(cls, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype: Dtype = jnp.float32) -> "KVCache":
-        """An empty cache: zeros of (batch, max_len, kv_heads, head_dim), length 0."""
-        zeros = jnp.zeros((batch, max_len, kv_heads, head_dim), dtype)
-        return cls(k=zeros, v=zeros, length=jnp.zeros((), jnp.int32))
+        """An empty cache of `max_len` positions, zeros, length 0."""
+        return cls(k=jnp.zeros((batch, kv_heads, head_dim, max_len), dtype),
+                   v=jnp.zeros((batch, kv_heads, max_len, head_dim), dtype), length=jnp.zeros((), jnp.int32))
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[1]
+        return self.v.shape[2]
 
     def update(self, k_new: jax.Array, v_new: jax.Array) -> "KVCache":
         """Writes k_new, v_new: (B, n, kv_heads, head_dim) at positions [length, length + n) and
         advances length by n. length + n must not exceed max_len (dynamic_update_slice would clamp
-        the start and overwrite earlier rows)."""
-        start = (0, self.length, 0, 0)
-        k = jax.lax.dynamic_update_slice(self.k, k_new.astype(self.k.dtype), start)
-        v = jax.lax.dynamic_update_slice(self.v, v_new.astype(self.v.dtype), start)
+        the start and overwrite earlier positions)."""
+        k = jax.lax.dynamic_update_slice(self.k, k_new.transpose(0, 2, 3, 1).astype(self.k.dtype),
+                                         (0, 0, 0, self.length))
+        v = jax.lax.dynamic_update_slice(self.v, v_new.transpose(0, 2, 1, 3).astype(self.v.dtype),
+                                         (0, 0, self.length, 0))
         return KVCache(k=k, v=v, length=self.length + k_new.shape[1])
+
+    def keys(self) -> jax.Array:
+        """(B, max_len, kv_heads, head_dim): the keys in the layout they were written in."""
+        return self.k.transpose(0, 3, 1, 2)
+
+    def values(self) -> jax.Array:
+        """(B, max_len, kv_heads, head_dim): the values in the layout they were written in."""
+        return self.v.transpose(0, 2, 1, 3)
 
     def filled_mask(self) -> jax.Array:
         """(1, 1, 1, max_len) bool, True at filled positions."""
         return (jnp.arange(self.max_len) < self.length)[None, None, None, :]
+
+
+def cached_attention(q: jax.Array, cache: KVCache, mask: jax.Array | None, scale: float) -> jax.Array:
+    """Attention of q over every position of `cache`, the arithmetic of `jax.nn.dot_product_attention`'s
+    XLA path: logits q.k in float32 (bf16 products accumulated in float32), times `scale`, masked
+    logits set to its large negative, softmax in float32, probabilities in the values' dtype.
+
+    q: (B, n, heads, head_dim) with heads a multiple of the cache's kv_heads (query head h uses K/V
+    head h // (heads / kv_heads)); mask: bool broadcastable to (B, heads, n, max_len), or None.
+    Returns (B, n, heads, head_dim) in q's dtype.
+    """
+    b, n, heads, head_dim = q.shape
+    kv_heads = cache.k.shape[1]
+    groups = heads // kv_heads
+    k, v = cache.k.astype(q.dtype), cache.v.astype(q.dtype)
+    precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
+    logits = jnp.einsum("btkgh,bkhs->bkgts", q.reshape(b, n, kv_heads, groups, head_dim), k, precision=precision,
+                        preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
+    logits *= jnp.array(scale, logits.dtype)
+    if mask is not None:
+        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+        mask_heads = mask.shape[1]
+        grouped = (mask[:, :, None] if mask_heads == 1
+                   else mask.reshape(mask.shape[0], kv_heads, groups, *mask.shape[2:]))
+        large_negative = -0.7 * float(jnp.finfo(logits.dtype).max)
+        logits = jnp.where(grouped, logits, jnp.array(large_negative, logits.dtype))
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bksh->btkgh", probs, v)
+    return out.reshape(b, n, heads, head_dim)
 
 
 def rope_1d(positions: jax.Array, head_dim: int, base: float = 10000.0) -> Rope:
@@ -206,19 +248,22 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         if cache is not None:
+            if kv_lengths is not None or (self.attn_dropout > 0.0 and not deterministic):
+                raise ValueError("with a KV cache, attention takes neither kv_lengths (the cache's length "
+                                 "masks it) nor dropout on the probabilities (decoding is deterministic)")
             cache = cache.update(k, v)
-            k, v = cache.k.astype(q.dtype), cache.v.astype(q.dtype)
             step_mask = causal_mask(n, cache.max_len, cache.length - n) if mask is None else mask
-            mask = combine_masks(step_mask, cache.filled_mask())
-        if mask is not None:
-            mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)  # the fused call wants 4 dims
-        if self.attn_dropout > 0.0 and not deterministic:
-            padding = None if kv_lengths is None else padding_mask(kv_lengths, k.shape[1])
-            out = _explicit_attention(q, k, v, combine_masks(padding, mask), Dropout(self.attn_dropout),
-                                      deterministic)
+            out = cached_attention(q, cache, combine_masks(step_mask, cache.filled_mask()), head_dim ** -0.5)
         else:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask, key_value_seq_lengths=kv_lengths,
-                                               implementation=self.attention_impl)
+            if mask is not None:
+                mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)  # the fused call wants 4 dims
+            if self.attn_dropout > 0.0 and not deterministic:
+                padding = None if kv_lengths is None else padding_mask(kv_lengths, k.shape[1])
+                out = _explicit_attention(q, k, v, combine_masks(padding, mask), Dropout(self.attn_dropout),
+                                          deterministic)
+            else:
+                out = jax.nn.dot_product_attention(q, k, v, mask=mask, key_value_seq_lengths=kv_lengths,
+                                                   implementation=self.attention_impl)
         out = dense(width, "proj", self.dtype, self.use_bias, self.kernel_init,
                     axes=("heads", "embed"))(out.reshape(b, n, width))
         out = Dropout(self.proj_dropout)(out, deterministic=deterministic)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from marjax.blocks.layers import Dtype, dense
+from marjax.heads.top_k import kth_largest
 
 MIN_TEMPERATURE = 1e-5  # LlamaGen divides by max(temperature, 1e-5)
 
@@ -111,7 +112,7 @@ def top_k_top_p_filter(logits: jax.Array, top_k: int = 0, top_p: ArrayLike = 1.0
     vocab = logits.shape[-1]
     top_k = int(top_k)  # a shape: must be static
     if top_k > 0:
-        kth = jax.lax.top_k(logits, min(top_k, vocab))[0][..., -1:]
+        kth = kth_largest(logits, min(top_k, vocab))
         logits = jnp.where(logits < kth, -jnp.inf, logits)
     if _is_static_off(top_p):
         return logits
