@@ -9,7 +9,8 @@ returned (the cache is a pytree, so a sampler carries it through `jax.lax.scan`)
 
 Attention goes through `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPU with
 `attention_impl="cudnn"`). That API has no dropout on the probabilities, so while training with
-attention dropout the softmax is computed explicitly.
+attention dropout the softmax is computed explicitly. With a KV cache, `cached_attention` does the
+same arithmetic on the cache's own layouts (`KVCache`).
 
 Masks are bool arrays broadcastable to (B, heads, q_len, k_len), True where a query may attend a key.
 """

@@ -10,6 +10,9 @@ does not keep programs with host callbacks in the persistent compilation cache, 
 it compiles in every process. It serves a one-device CPU only (elsewhere the callback would move
 the logits to the host, or gather every shard onto one device). Both paths return the k largest,
 descending, ties in ascending index order.
+
+Where only the k-th largest value is needed (the top-k filter of a softmax head), `kth_largest`
+finds it on the device without sorting, on every backend.
 """
 import functools
 import os
@@ -98,7 +101,7 @@ def _rows_top_k(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return values, (keys & 0xFFFFFFFF).astype(np.int32)
 
 
-def _ordered_int32(bits):
+def _ordered_int32(bits: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
     """float32 bits (as int32, numpy or jax) <-> int32 of the same order (its own inverse): negative
     floats' magnitude bits are flipped."""
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
