@@ -60,11 +60,15 @@ def kth_largest(x: jax.Array, k: int) -> jax.Array:
         raise ValueError(f"kth_largest takes float32, got {x.dtype}")
     keys = (_ordered_int32(jax.lax.bitcast_convert_type(x, jnp.int32))
             ^ jnp.int32(-2**31)).view(jnp.uint32)  # int32 order -> uint32 order
-    kth = jnp.zeros(x.shape[:-1] + (1,), jnp.uint32)
-    for bit in range(31, -1, -1):
-        candidate = kth | jnp.uint32(1 << bit)
+
+    def keep_bit_if_k_reach(i: jax.Array, kth: jax.Array) -> jax.Array:
+        candidate = kth | jnp.left_shift(jnp.uint32(1), (31 - i).astype(jnp.uint32))
         reached = jnp.sum(keys >= candidate, axis=-1, keepdims=True, dtype=jnp.int32)
-        kth = jnp.where(reached >= k, candidate, kth)
+        return jnp.where(reached >= k, candidate, kth)
+
+    # A loop, not 32 unrolled passes: unrolled, XLA fused the chain of short rows (V = 8) into
+    # consumers and duplicated it, and compiling took minutes.
+    kth = jax.lax.fori_loop(0, 32, keep_bit_if_k_reach, jnp.zeros(x.shape[:-1] + (1,), jnp.uint32))
     ordered = (kth ^ jnp.uint32(2**31)).view(jnp.int32)
     return jax.lax.bitcast_convert_type(_ordered_int32(ordered), jnp.float32)
 
