@@ -10,8 +10,8 @@ MFU = analytic matmul FLOPs per image (`marjax.models.mar_flops`, the reference'
 x images/s / the device's peak (`bench_setup.PEAK_TFLOPS`; `--peak-tflops` on other devices).
 `temp_mib` and `arguments_mib` are the compiled step's plan (what `--mode=compile` prints);
 `device_peak_mib` is the device allocator's peak over the whole run (None where the device
-does not report it, as on CPU). `xla_gflop_per_image` is XLA's own count of the compiled step (padding and elementwise work
-included; with `--mask-buckets` > 1, XLA's figure for the switch between the buckets' branches,
+does not report it, as on CPU). `xla_gflop_per_image` is XLA's own count of the compiled step
+(padding and elementwise work included; with `--mask-buckets` > 1, XLA's figure for the switch between the buckets' branches,
 not the expectation over mask counts). With `--reference-code`, the reference PyTorch MAR is timed first at the same size and
 batch on the same device, in a child process.
 """

@@ -58,8 +58,8 @@ def kth_largest(x: jax.Array, k: int) -> jax.Array:
         raise ValueError(f"kth_largest: k={k} must lie in [1, {x.shape[-1]}]")
     if x.dtype != jnp.float32:
         raise ValueError(f"kth_largest takes float32, got {x.dtype}")
-    keys = (_ordered_int32(jax.lax.bitcast_convert_type(x, jnp.int32))
-            ^ jnp.int32(-2**31)).view(jnp.uint32)  # int32 order -> uint32 order
+    keys = jax.lax.bitcast_convert_type(  # int32 order -> uint32 order: flip the sign bit
+        _ordered_int32(jax.lax.bitcast_convert_type(x, jnp.int32)) ^ jnp.int32(-2**31), jnp.uint32)
 
     def keep_bit_if_k_reach(i: jax.Array, kth: jax.Array) -> jax.Array:
         candidate = kth | jnp.left_shift(jnp.uint32(1), (31 - i).astype(jnp.uint32))
@@ -69,7 +69,7 @@ def kth_largest(x: jax.Array, k: int) -> jax.Array:
     # A loop, not 32 unrolled passes: unrolled, XLA fused the chain of short rows (V = 8) into
     # consumers and duplicated it, and compiling took minutes.
     kth = jax.lax.fori_loop(0, 32, keep_bit_if_k_reach, jnp.zeros(x.shape[:-1] + (1,), jnp.uint32))
-    ordered = (kth ^ jnp.uint32(2**31)).view(jnp.int32)
+    ordered = jax.lax.bitcast_convert_type(kth ^ jnp.uint32(2**31), jnp.int32)
     return jax.lax.bitcast_convert_type(_ordered_int32(ordered), jnp.float32)
 
 
