@@ -7,7 +7,9 @@ jaxlib version; marjax adds a folder per jax version on top, so that one can be 
 The cache is trusted code: share a folder only between hosts and users you trust (JAX's warning).
 """
 import collections
+import contextlib
 import os
+from collections.abc import Iterator
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
@@ -70,3 +72,18 @@ def cache_report() -> str:
     """How many programs this process loaded from the cache and how many it compiled (and stored)."""
     hits = _events[_HITS]
     return f"compilation cache: {hits} programs loaded, {_events[_REQUESTS] - hits} compiled"
+
+
+@contextlib.contextmanager
+def persistent_cache_paused() -> Iterator[None]:
+    """Compiles inside the block neither read from nor write to JAX's persistent cache. For
+    programs serialised whole (marjax.stored_programs): on the CPU backend, an executable that came
+    out of JAX's cache serialises without its compiled functions, and fails when loaded and run."""
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()  # JAX decides once whether the cache is used; ask again
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+        compilation_cache.reset_cache()

@@ -30,6 +30,7 @@ from marjax.errors import MarjaxError  # noqa: E402
 from marjax.evaluate import evaluate_workdir  # noqa: E402
 from marjax.parallel import distributed  # noqa: E402
 from marjax.sample import sample_from_workdir  # noqa: E402
+from marjax.stored_programs import store_report, use_program_store  # noqa: E402
 from marjax.train import train_and_evaluate  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py.", lock_config=True)
@@ -57,6 +58,7 @@ def main(argv: list[str]) -> None:
     try:
         folder = use_compile_cache(config.compile_cache.dir, config.compile_cache.enabled)
         logging.info("compilation cache: %s", folder or "off (compile_cache.enabled=False)")
+        use_program_store(folder if config.compile_cache.store_programs else None)
         if MODE.value == "train":
             train_and_evaluate(config, WORKDIR.value)
         elif MODE.value == "sample":
@@ -69,7 +71,7 @@ def main(argv: list[str]) -> None:
             write_compile_report(config, WORKDIR.value)
     except (MarjaxError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    logging.info(cache_report())
+    logging.info("%s; %s", cache_report(), store_report())
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from absl import logging
 
 from marjax.data.class_labels import reported_labels, sample_labels
 from marjax.image_files import write_samples
+from marjax.stored_programs import StoredProgram
 from marjax.tasks.generation import generate_images
 from marjax.tasks.registry import check_config, restore_generator
 from marjax.workdir import ensure_writable_directory
@@ -28,7 +29,8 @@ def sample_from_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
     task, params, step = restore_generator(config, workdir)
     logging.info("sampling %d images from step %d (%s params)", len(labels), step,
                  "EMA" if config.sample.use_ema else "raw")
-    images = generate_images(task.generate, params, labels, jax.random.key(config.sample.seed),
+    generate = StoredProgram("generate", jax.jit(task.generate), config)
+    images = generate_images(generate, params, labels, jax.random.key(config.sample.seed),
                              config.sample.batch_size, f"checkpoint {step} in {workdir}/checkpoints")
     path = write_samples(samples, f"step_{step}", images, reported_labels(labels, config.data.num_classes))
     logging.info("wrote %s and %s", path, path[:-4] + ".npz")

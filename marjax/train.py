@@ -41,6 +41,7 @@ from marjax.tasks.recipe import step_plan
 from marjax.tasks.init_from import check_init_from, start_from
 from marjax.tasks.registry import check_config, make_task
 from marjax.tasks.scoring import PeriodicScore
+from marjax.stored_programs import StoredProgram
 from marjax.tasks.train_state import jit_train_step
 from marjax.workdir import WorkdirLock, ensure_writable_directory
 
@@ -125,6 +126,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
         prefetch_buffer_size=config.data.prefetch_buffer_size))
     checkpoints = RunCheckpoints(workdir, keep=config.train.keep_checkpoints)
     init_key, train_key, sample_key, encode_key = jax.random.split(jax.random.key(config.seed), 4)
+    train_step = StoredProgram("train_step", jit_train_step(task.step, task.shardings, mesh), config)
+    frozen = jax.device_put(task.frozen, replicated(mesh))
+    train_step.preload(task.abstract_state, task.abstract_batch(config.train.global_batch_size), train_key, frozen)
     restored = checkpoints.restore_newest(task.abstract_state, config, data_iterator)
     if restored is None:
         state, latest = jax.jit(task.init, out_shardings=task.shardings)(init_key), None
@@ -135,8 +139,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: Sequence[dic
         logging.info("resumed from the checkpoint at step %d in %s", latest, checkpoints.directory)
 
     batch_shard = batch_sharding(mesh)
-    train_step = jit_train_step(task.step, task.shardings, mesh)
-    frozen = jax.device_put(task.frozen, replicated(mesh))
 
     writer = MetricWriter(workdir, just_logging=jax.process_index() > 0)
     if latest is None:

@@ -4,10 +4,11 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.datasets import load_digits
 
 from marjax.data.image_ops import center_crop, to_model_range, to_uint8
 from marjax.data.pipeline import make_dataset
-from marjax.data.digits import DigitsSource
+from marjax.data.digits import DigitsSource, load_digit_arrays
 from marjax.data.image_folder import ImageFolderSource
 from marjax.data.sources import TfdsSource
 from marjax.errors import DataError
@@ -21,6 +22,14 @@ def test_digits_source_maps_0_16_onto_0_255():
     assert record["label"] == 0
     values = np.unique(np.stack([source[i]["image"] for i in range(100)]))
     assert values.min() == 0 and values.max() == 255 and len(values) <= 17
+
+
+def test_the_digits_are_read_exactly_as_scikit_learn_loads_them():
+    """Read from scikit-learn's packaged file without importing it; the same arrays as load_digits."""
+    images, targets = load_digit_arrays()
+    digits = load_digits()
+    np.testing.assert_array_equal(images, digits.images)
+    np.testing.assert_array_equal(targets, digits.target)
 
 
 def test_center_crop_halves_with_box_then_bicubic_then_crops():

@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "marjax"
 # of it, without cycles), and lower layers freely.
 LAYERS = [
     {"errors", "config", "parallel", "checkpoints", "workdir", "data", "torch_files", "torch_layout", "image_files",
-     "metrics", "compile_cache", "metric_writer", "run_health"},
+     "metrics", "compile_cache", "stored_programs", "metric_writer", "run_health"},
     {"blocks"},
     {"heads", "tokenizers", "feature_networks"},
     {"models"},

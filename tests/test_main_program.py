@@ -119,7 +119,7 @@ def test_resume_after_kill_reproduces_losses(uninterrupted, tmp_path):
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert 12 not in saved_steps(workdir)
-    run(workdir, *args)
+    assert store_counts(run(workdir, *args)) == (1, 1, 0)  # the train step, loaded while the state restored
     resumed = losses(workdir)
     assert sorted(resumed) == list(range(1, 13))
     np.testing.assert_array_equal([resumed[s] for s in range(1, 13)], [reference[s] for s in range(1, 13)])
@@ -132,23 +132,33 @@ def cache_counts(result: subprocess.CompletedProcess) -> tuple[int, int]:
     return int(found.group(1)), int(found.group(2))
 
 
+def store_counts(result: subprocess.CompletedProcess) -> tuple[int, int, int]:
+    """(programs loaded from marjax's store, of them preloaded, programs compiled into it) of a run."""
+    found = re.search(r"stored programs: (\d+) loaded \((\d+) preloaded\), (\d+) compiled", result.stderr)
+    assert found, result.stderr[-2000:]
+    return int(found.group(1)), int(found.group(2)), int(found.group(3))
+
+
 def test_sample_mode_writes_grid_and_npz_and_a_rerun_compiles_nothing(uninterrupted, tmp_path):
-    """The first run fills an empty compilation cache; the same command again loads every program
-    and gives the same images; a config value baked into the program, or another device count,
-    compiles anew instead of reusing a stale program."""
+    """The first run fills an empty compilation cache and stores the sampler whole; the same command
+    again loads every program and gives the same images; a config value baked into the program,
+    or another device count, compiles anew instead of reusing a stale program."""
     workdir, _ = uninterrupted
     cached = (f"--config.compile_cache.dir={tmp_path}", "--mode=sample", "--config.sample.classes=3,7")
-    loaded, compiled = cache_counts(run(workdir, *cached))
-    assert loaded == 0 and compiled > 0
+    first = run(workdir, *cached)
+    loaded, compiled = cache_counts(first)
+    assert loaded == 0 and compiled > 0 and store_counts(first) == (0, 0, 1)
     data = np.load(os.path.join(workdir, "samples", "step_12.npz"))
     assert data["images"].shape == (10, 8, 8, 1) and data["images"].dtype == np.uint8
     np.testing.assert_array_equal(data["labels"], [3] * 5 + [7] * 5)
     assert os.path.getsize(os.path.join(workdir, "samples", "step_12.png")) > 0
 
-    assert cache_counts(run(workdir, *cached)) == (compiled, 0)
+    again = run(workdir, *cached)
+    assert cache_counts(again)[1] == 0 and store_counts(again) == (1, 0, 0)
     np.testing.assert_array_equal(np.load(os.path.join(workdir, "samples", "step_12.npz"))["images"], data["images"])
-    assert cache_counts(run(workdir, *cached, "--config.sample.num_iter=3"))[1] > 0
-    assert cache_counts(run(workdir, *cached, extra_env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))[1] > 0
+    assert store_counts(run(workdir, *cached, "--config.sample.num_iter=3")) == (0, 0, 1)
+    two_devices = run(workdir, *cached, extra_env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert cache_counts(two_devices)[1] > 0 and store_counts(two_devices) == (0, 0, 1)
 
 
 def test_edit_mode_keeps_the_pixels_outside_the_box(uninterrupted, tmp_path):

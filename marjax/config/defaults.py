@@ -157,10 +157,12 @@ def base_config(task: str = "mar") -> ml_collections.ConfigDict:
     c.eval.precision_recall = True    # needs reference images (arr_0 in the .npz, or the data source)
     c.eval.save_png = False           # also write every sample to <workdir>/eval_step_<N>/
 
-    # JAX's persistent compilation cache (marjax.compile_cache): a rerun loads what an earlier run compiled.
+    # JAX's persistent compilation cache (marjax.compile_cache): a rerun loads what an earlier run compiled;
+    # with store_programs, marjax.stored_programs skips even the tracing of the train step and sampler.
     c.compile_cache = ml_collections.ConfigDict()
     c.compile_cache.enabled = True
     c.compile_cache.dir = ""          # "": $JAX_COMPILATION_CACHE_DIR, else ~/.cache/marjax/jax; on pods a shared gs:// path
+    c.compile_cache.store_programs = True  # the command line also stores its train step and sampler whole
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                  # -1: all devices not used by the other axes

@@ -12,9 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
-
-from marjax.data.digits import NUM_TRAIN, digit_pixels
+from marjax.data.digits import NUM_TRAIN, digit_pixels, load_digit_arrays
 
 
 class DigitsClassifier(nn.Module):
@@ -34,9 +32,9 @@ class DigitsClassifier(nn.Module):
 def train_digits_classifier(seed: int = 0, steps: int = 1000, learning_rate: float = 1e-3) -> dict:
     """Params of `DigitsClassifier` after `steps` full-batch AdamW steps on the first 1,500 digits
     (one compiled scan). Deterministic for a seed on a given platform."""
-    digits = load_digits()
-    pixels = jnp.asarray(digits.data[:NUM_TRAIN], jnp.float32)
-    labels = jnp.asarray(digits.target[:NUM_TRAIN])
+    images, targets = load_digit_arrays()
+    pixels = jnp.asarray(images[:NUM_TRAIN].reshape(NUM_TRAIN, 64), jnp.float32)
+    labels = jnp.asarray(targets[:NUM_TRAIN])
     model = DigitsClassifier()
     params = model.init(jax.random.key(seed), pixels[:1])["params"]
     tx = optax.adamw(learning_rate, weight_decay=1e-3)
@@ -62,6 +60,7 @@ def digits_features(params: dict, images: jax.Array) -> dict[str, jax.Array]:
 
 def heldout_accuracy(params: dict) -> float:
     """The classifier's accuracy on the 297 real digits it did not see (the ceiling for samples)."""
-    digits = load_digits()
-    logits = DigitsClassifier().apply({"params": params}, jnp.asarray(digits.data[NUM_TRAIN:], jnp.float32))["logits"]
-    return float((np.asarray(logits).argmax(1) == digits.target[NUM_TRAIN:]).mean())
+    images, targets = load_digit_arrays()
+    heldout = jnp.asarray(images[NUM_TRAIN:].reshape(-1, 64), jnp.float32)
+    logits = DigitsClassifier().apply({"params": params}, heldout)["logits"]
+    return float((np.asarray(logits).argmax(1) == targets[NUM_TRAIN:]).mean())
