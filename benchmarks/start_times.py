@@ -8,10 +8,12 @@ Each time is wall-clock seconds from launching the command to the log line that 
 moment, so Python's imports, restoring the checkpoint, tracing and compiling (or loading from
 the cache) are all in it:
   train: the digits default (`configs/digits.py`) to its first step, stopped there with SIGTERM
-    (which saves a checkpoint); then the same command again, which resumes and loads its programs
-    from the cache. `resume_no_cache` is that resume with `compile_cache.enabled=False`.
+    (which saves a checkpoint); then the same command again `--rounds` times, each resuming and
+    loading its programs from the cache (the train step whole from marjax's store, while the
+    state restores). `resume_no_cache` is that resume with `compile_cache.enabled=False`.
   sample: `--mode=sample` of `configs/digits.py:tiny_cpu` (the comparison size of BENCHMARKS.md,
-    16 images) to its images on disk, first with an empty cache and then with the filled one;
+    16 images) to its images on disk, first with an empty cache and then with the filled one
+    (the sampler whole from the store);
     `call_s` is the part after the checkpoint is restored (the sampler's first call, its
     compiling or loading included), the quantity the reference's `first_call_s` measures.
 With --reference-code, the reference PyTorch MAR's first sampling call at the same size runs in
@@ -38,7 +40,8 @@ WROTE = "wrote "
 
 def timed_run(config: str, workdir: str, cache: str, *extra: str, stop_at: str) -> dict[str, float]:
     """Runs marjax.main and returns the seconds from launch to the first line containing each of
-    `SAMPLING`, `stop_at` (when seen), the number of programs it compiled; SIGTERM at `stop_at`."""
+    `SAMPLING`, `stop_at` (when seen), and how many programs it loaded and compiled, through JAX's
+    cache and through marjax's store; SIGTERM at `stop_at`."""
     command = [sys.executable, "-m", "marjax.main", f"--config={config}", f"--workdir={workdir}",
                f"--config.compile_cache.dir={cache}", *extra]
     start = time.perf_counter()
@@ -55,12 +58,17 @@ def timed_run(config: str, workdir: str, cache: str, *extra: str, stop_at: str) 
                     process.send_signal(signal.SIGTERM)
     if process.wait() != 0 or stop_at not in seen:
         raise SystemExit(f"error: {' '.join(command)} failed:\n{''.join(log[-30:])}")
-    compiled = re.search(r"compilation cache: (\d+) programs loaded, (\d+) compiled", "".join(log))
+    text = "".join(log)
+    compiled = re.search(r"compilation cache: (\d+) programs loaded, (\d+) compiled", text)
+    stored = re.search(r"stored programs: (\d+) loaded \((\d+) preloaded\), (\d+) compiled", text)
     result = {"to_mark_s": round(seen[stop_at], 2)}
     if SAMPLING in seen:
         result["call_s"] = round(seen[stop_at] - seen[SAMPLING], 2)
     if compiled:
         result.update(loaded=int(compiled.group(1)), compiled=int(compiled.group(2)))
+    if stored:
+        result.update(stored_loaded=int(stored.group(1)), stored_preloaded=int(stored.group(2)),
+                      stored_compiled=int(stored.group(3)))
     return result
 
 
@@ -75,10 +83,12 @@ def main() -> None:
     cache, workdir, tiny = (os.path.join(root, name) for name in ("cache", "digits", "tiny"))
     train = {
         "first_run": timed_run("configs/digits.py", workdir, cache, stop_at=FIRST_STEP),
-        "resume_cached": timed_run("configs/digits.py", workdir, cache, stop_at=FIRST_STEP),
+        "resume_cached": [timed_run("configs/digits.py", workdir, cache, stop_at=FIRST_STEP)
+                          for _ in range(args.rounds)],
         "resume_no_cache": timed_run("configs/digits.py", workdir, cache, "--config.compile_cache.enabled=False",
                                      stop_at=FIRST_STEP),
     }
+    train["resume_cached_median_s"] = statistics.median(run["to_mark_s"] for run in train["resume_cached"])
     timed_run("configs/digits.py:tiny_cpu", tiny, os.path.join(root, "tiny-train-cache"), "--config.train.num_steps=1",
               "--config.train.sample_every_steps=0",
               stop_at="done: ")

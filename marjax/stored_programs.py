@@ -98,7 +98,7 @@ def _signature(args: tuple) -> str:
         devices = (sharding.mesh.device_ids.tolist() if isinstance(sharding, jax.sharding.NamedSharding)
                    else sorted(d.id for d in sharding.device_set) if sharding is not None else None)
         described.append((getattr(leaf, "shape", None), str(getattr(leaf, "dtype", type(leaf).__name__)),
-                          getattr(leaf, "weak_type", None), repr(sharding), devices))
+                          bool(getattr(leaf, "weak_type", False)), repr(sharding), devices))
     return repr((str(tree), described))
 
 

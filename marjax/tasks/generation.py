@@ -39,6 +39,15 @@ def require_varied(images: jax.Array | np.ndarray, source: str) -> None:
                                 f"untrained, zero or saturated; nothing was written")
 
 
+def abstract_generate_arguments(abstract_params: Any, batch_size: int) -> tuple:
+    """What `generate_images` passes to `generate` for each batch, as ShapeDtypeStructs: (params,
+    labels (batch_size,) int32, a key), the labels and key on the default device as jnp.asarray
+    and jax.random.fold_in leave them. For loading the program before the params are restored."""
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return (abstract_params, jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=device),
+            jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype, sharding=device))
+
+
 def generate_images(generate: Callable[[Any, jax.Array, jax.Array], jax.Array], params: Any, labels: np.ndarray,
                     rng: jax.Array, batch_size: int, source: str | None = None) -> np.ndarray:
     """One image per label, in batches of `batch_size` (the last one padded, so one compiled

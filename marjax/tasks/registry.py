@@ -50,14 +50,16 @@ def make_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_re
 
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
-                  mesh: jax.sharding.Mesh | None = None) -> tuple[Task, object, int]:
+                  mesh: jax.sharding.Mesh | None = None, task: Task | None = None) -> tuple[Task, object, int]:
     """(task, state, step): the state of checkpoint `step` (default: the newest that restores) in
-    `workdir`, without its optimizer state (None), checked against `config` and placed on its mesh.
+    `workdir`, without its optimizer state (None), checked against `config` and placed on its mesh
+    (or on `task`'s, a Task of `config` already made).
     FileNotFoundError when there is none; IncompatibleCheckpointError naming what differs;
     DamagedCheckpoint naming the file when the requested step (or every step) cannot be read."""
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise FileNotFoundError(f"{workdir}/checkpoints does not exist: no trained or converted run there")
-    task = make_task(config, mesh_from_config(config.mesh) if mesh is None else mesh)
+    if task is None:
+        task = make_task(config, mesh_from_config(config.mesh) if mesh is None else mesh)
     checkpoints = RunCheckpoints(workdir, read_only=True)
     saved = list(checkpoints.manager.all_steps())
     try:
@@ -76,15 +78,22 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | N
     return task, state, step
 
 
-def restore_generator(config: ml_collections.ConfigDict, workdir: str,
-                      mesh: jax.sharding.Mesh | None = None) -> tuple[Task, Any, int]:
-    """(task, params for `task.generate`, step) from checkpoint `sample.step` (default: the newest
-    that restores) of `workdir`: its EMA or raw params as `sample.use_ema` says. ConfigError when the
-    task does not generate; TrainingDiverged naming the checkpoint when the params hold NaN or Inf."""
-    task, state, step = restore_state(config, workdir, config.sample.step, mesh)
+def generating_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Task:
+    """The Task of `config` on `mesh` (default: the config's); ConfigError when it does not generate."""
+    task = make_task(config, mesh_from_config(config.mesh) if mesh is None else mesh)
     if task.generate is None:
         raise ConfigError(f"task={config.task!r} does not generate; a tokenizer run writes its reconstruction "
                           f"grids to <workdir>/samples while training")
+    return task
+
+
+def restore_generator(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh | None = None,
+                      task: Task | None = None) -> tuple[Task, Any, int]:
+    """(task, params for `task.generate`, step) from checkpoint `sample.step` (default: the newest
+    that restores) of `workdir`: its EMA or raw params as `sample.use_ema` says, into `task` (default:
+    `generating_task(config, mesh)`). ConfigError when the task does not generate; TrainingDiverged
+    naming the checkpoint when the params hold NaN or Inf."""
+    task, state, step = restore_state(config, workdir, config.sample.step, task=task or generating_task(config, mesh))
     params = task.generation_params(state, config.sample.use_ema)
     bad = nonfinite_arrays(params)
     if bad:
