@@ -32,8 +32,10 @@ def denoised_clip(sample_config: ml_collections.ConfigDict) -> float:
 
 def require_varied(images: jax.Array | np.ndarray, source: str) -> None:
     """DegenerateSamples naming `source` (the checkpoint) when every image of `images` (B, H, W, C)
-    is one flat colour: the params are zero or saturate, and writing or scoring them would hide it."""
-    flat = jnp.all(jnp.max(images, axis=(1, 2)) == jnp.min(images, axis=(1, 2)))
+    is one flat colour: the params are zero or saturate, and writing or scoring them would hide it.
+    Host (numpy) images are checked by numpy, which spares a start-up four small programs."""
+    xp = np if isinstance(images, np.ndarray) else jnp  # jnp for global arrays, which may span hosts
+    flat = xp.all(xp.max(images, axis=(1, 2)) == xp.min(images, axis=(1, 2)))
     if bool(flat):
         raise DegenerateSamples(f"every image generated from {source} is one flat colour: its params are "
                                 f"untrained, zero or saturated; nothing was written")
