@@ -179,7 +179,10 @@ def test_flat_images_are_refused_naming_their_source():
     flat = np.full((2, 4, 4, 3), 7, np.uint8)
     with pytest.raises(Exception, match="every image generated from checkpoint 9 .* one flat colour"):
         require_varied(flat, "checkpoint 9 in /w")
+    with pytest.raises(Exception, match="one flat colour"):  # device arrays, checked by jnp
+        require_varied(jnp.asarray(flat), "checkpoint 9 in /w")
     require_varied(np.concatenate([flat, flat + 1], axis=1), "checkpoint 9 in /w")
+    require_varied(jnp.asarray(np.concatenate([flat, flat + 1], axis=1)), "checkpoint 9 in /w")
     with pytest.raises(Exception, match="one flat colour"):
         generate_images(lambda p, labels, rng: jnp.zeros((len(labels), 4, 4, 3), jnp.uint8), None,
                         np.arange(3), jax.random.key(0), 2, "checkpoint 9 in /w")
