@@ -37,11 +37,11 @@ from marjax.image_files import write_samples
 from marjax.metric_writer import MetricWriter, ProgressReport
 from marjax.parallel.sharding import batch_sharding, mesh_from_config, replicated
 from marjax.run_health import LossPlateau, codebook_warning, grid_warning
+from marjax.stored_programs import StoredProgram
 from marjax.tasks.recipe import step_plan
 from marjax.tasks.init_from import check_init_from, start_from
 from marjax.tasks.registry import check_config, make_task
 from marjax.tasks.scoring import PeriodicScore
-from marjax.stored_programs import StoredProgram
 from marjax.tasks.train_state import jit_train_step
 from marjax.workdir import WorkdirLock, ensure_writable_directory
 
