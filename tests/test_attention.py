@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from marjax.blocks.attention import (Attention, KVCache, apply_rope, cached_attention, block_causal_mask, causal_mask, combine_masks,
-                                     padding_mask, rope_1d, rope_2d)
+                                     padding_mask, rope_1d, rope_2d, with_open_chunk)
 from marjax.blocks.dropout import Dropout
 from marjax.blocks.layers import dense
 
@@ -279,27 +279,43 @@ GRID, CLS, WIDTH, HEADS = 3, 1, 16, 2
 LENGTH, MAX_LEN, PREFILL = CLS + GRID * GRID, 12, 4
 
 
-def garbage_cache(batch, kv_heads):
+def garbage_cache(batch, kv_heads, chunks=1):
     """An empty cache whose rows hold large values, so a missing mask shows."""
-    cache = KVCache.init(batch, MAX_LEN, kv_heads, WIDTH // HEADS)
-    noise = 1e3 * jax.random.normal(jax.random.key(11), cache.keys().shape)
-    return cache.replace(k=noise.transpose(0, 2, 3, 1), v=-noise.transpose(0, 2, 1, 3))
+    cache = KVCache.init(batch, MAX_LEN, kv_heads, WIDTH // HEADS, chunks=chunks)
+    noise = jnp.split(1e3 * jax.random.normal(jax.random.key(11), cache.keys().shape), chunks, axis=1)
+    return cache.replace(k=tuple(n.transpose(0, 2, 3, 1) for n in noise),
+                         v=tuple(-n.transpose(0, 2, 1, 3) for n in noise))
 
 
 def test_cache_update_writes_at_length():
     cache = KVCache.init(2, 6, 1, 3, jnp.bfloat16)
     assert cache.keys().shape == cache.values().shape == (2, 6, 1, 3) and cache.length.dtype == jnp.int32
-    assert cache.k.shape == (2, 1, 3, 6) and cache.v.shape == (2, 1, 6, 3)  # the layouts attention reads
+    assert cache.k[0].shape == (2, 1, 3, 6) and cache.v[0].shape == (2, 1, 6, 3)  # the layouts attention reads
     first = jnp.ones((2, 2, 1, 3))
     cache = cache.update(first, 2 * first).update(3 * first[:, :1], 4 * first[:, :1])
-    assert int(cache.length) == 3 and cache.k.dtype == jnp.bfloat16
+    assert int(cache.length) == 3 and cache.k[0].dtype == jnp.bfloat16
     np.testing.assert_array_equal(cache.keys()[0, :, 0, 0], [1, 1, 3, 0, 0, 0])
     np.testing.assert_array_equal(cache.values()[1, :, 0, 0], [2, 2, 4, 0, 0, 0])
     np.testing.assert_array_equal(cache.filled_mask()[0, 0, 0], [True] * 3 + [False] * 3)
 
 
-@pytest.mark.parametrize("kv_heads", [None, 1])
-def test_cached_decoding_in_scan_equals_full_causal_forward(kv_heads):
+def test_a_cache_in_chunks_writes_the_open_chunk_and_shows_the_chunks_up_to_it():
+    cache = KVCache.init(1, 5, 1, 2, chunks=3)  # 3 chunks of 2 positions
+    assert (cache.chunk_len, cache.max_len, cache.visible_len) == (2, 6, 2) and len(cache.k) == len(cache.v) == 3
+    first = jnp.ones((1, 2, 1, 2))
+    cache = with_open_chunk([cache.update(first, 2 * first)], 1)[0].update(3 * first[:, :1], 4 * first[:, :1])
+    assert int(cache.length) == 3 and cache.open_chunk == 1 and cache.visible_len == 4
+    np.testing.assert_array_equal(cache.keys()[0, :, 0, 0], [1, 1, 3, 0, 0, 0])
+    np.testing.assert_array_equal(cache.values()[0, :, 0, 1], [2, 2, 4, 0, 0, 0])
+    np.testing.assert_array_equal(cache.filled_mask()[0, 0, 0], [True] * 3 + [False])
+    with pytest.raises(ValueError, match="takes 1 to 5 chunks, got 6"):
+        KVCache.init(1, 5, 1, 2, chunks=6)
+
+
+@pytest.mark.parametrize("kv_heads, chunks", [(None, 1), (1, 1), (None, 3)])
+def test_cached_decoding_in_scan_equals_full_causal_forward(kv_heads, chunks):
+    """One scan over the positions after the prefill, or with the cache in 3 chunks of 4 positions
+    one scan per chunk, that chunk open (the samplers' way); the unfilled positions hold garbage."""
     x = jax.random.normal(jax.random.key(12), (2, LENGTH, WIDTH))
     attn = Attention(HEADS, num_kv_heads=kv_heads)
     params = random_params(attn, x, seed=13)
@@ -312,17 +328,22 @@ def test_cached_decoding_in_scan_equals_full_causal_forward(kv_heads):
 
     @jax.jit
     def decode(params, x):
-        cache = garbage_cache(x.shape[0], kv_heads or HEADS)
+        cache = garbage_cache(x.shape[0], kv_heads or HEADS, chunks)
         prefix, cache = attn.apply({"params": params}, x[:, :PREFILL], rope=(cos[:PREFILL], sin[:PREFILL]),
                                    cache=cache)
+        outs = [prefix]
 
         def step(cache, x_t):
             rope_t = tuple(jax.lax.dynamic_slice_in_dim(t, cache.length, 1) for t in (cos, sin))
             out, cache = attn.apply({"params": params}, x_t[:, None], rope=rope_t, cache=cache)
             return cache, out[:, 0]
 
-        cache, rest = jax.lax.scan(step, cache, x[:, PREFILL:].swapaxes(0, 1))
-        return jnp.concatenate([prefix, rest.swapaxes(0, 1)], axis=1), cache
+        for chunk, start in enumerate(range(0, LENGTH, cache.chunk_len)):
+            rows = x[:, max(start, PREFILL):start + cache.chunk_len]
+            if rows.shape[1]:
+                cache, rest = jax.lax.scan(step, with_open_chunk(cache, chunk), rows.swapaxes(0, 1))
+                outs.append(rest.swapaxes(0, 1))
+        return jnp.concatenate(outs, axis=1), cache
 
     decoded, cache = decode(params, x)
     assert int(cache.length) == LENGTH
@@ -364,18 +385,22 @@ def test_stepping_a_cache_compiles_once():
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-5)
 
 
-@pytest.mark.parametrize("kv_heads, dtype", [(4, jnp.float32), (2, jnp.float32), (1, jnp.bfloat16)])
-def test_cached_attention_is_dot_product_attention_on_the_cache(kv_heads, dtype):
-    """The cache's own layouts (keys transposed) give what jax.nn.dot_product_attention gives on the
-    keys and values as written, masks and grouped heads included."""
+@pytest.mark.parametrize("kv_heads, dtype, chunks", [(4, jnp.float32, 1), (2, jnp.float32, 3), (1, jnp.bfloat16, 1)])
+def test_cached_attention_is_dot_product_attention_on_the_cache(kv_heads, dtype, chunks):
+    """The cache's own layouts (keys transposed, in chunks) give what jax.nn.dot_product_attention
+    gives on the visible keys and values as written, masks and grouped heads included."""
     q = jax.random.normal(jax.random.key(18), (3, 3, 4, 8), dtype)  # (B, n, heads, head_dim)
     k_new = jax.random.normal(jax.random.key(19), (3, 5, kv_heads, 8), dtype)
     v_new = jax.random.normal(jax.random.key(20), (3, 5, kv_heads, 8), dtype)
-    cache = KVCache.init(3, 9, kv_heads, 8, dtype).update(k_new, v_new)
-    mask = combine_masks(jax.random.bernoulli(jax.random.key(21), 0.7, (3, 1, 3, 9)).at[..., 0].set(True),
+    cache = KVCache.init(3, 9, kv_heads, 8, dtype, chunks)
+    for start in range(0, 5, cache.chunk_len):  # each write within the open chunk
+        part = slice(start, min(start + cache.chunk_len, 5))
+        cache = with_open_chunk(cache, start // cache.chunk_len).update(k_new[:, part], v_new[:, part])
+    visible = cache.visible_len  # 9 in one chunk; 6 in chunks of 3
+    mask = combine_masks(jax.random.bernoulli(jax.random.key(21), 0.7, (3, 1, 3, visible)).at[..., 0].set(True),
                          cache.filled_mask())
     got = cached_attention(q, cache, mask, 8 ** -0.5)
-    expected = jax.nn.dot_product_attention(q, cache.keys(), cache.values(), mask=mask)
+    expected = jax.nn.dot_product_attention(q, cache.keys()[:, :visible], cache.values()[:, :visible], mask=mask)
     assert got.dtype == dtype and got.shape == (3, 3, 4, 8)
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected, np.float32),
                                rtol=1e-6 if dtype == jnp.float32 else 1e-2, atol=1e-6 if dtype == jnp.float32 else 1e-2)

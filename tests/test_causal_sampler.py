@@ -101,7 +101,7 @@ def test_gpt_cached_sampler_equals_the_naive_sampler(gpt):
 
 def test_gpt_one_program_for_every_call_of_a_setting(gpt):
     """rng, keys, scale, schedule, interval, temperature, top_p and known tokens are all traced."""
-    program = causal._gpt_program(gpt[0], B, True, GPT_SETTING["top_k"], True)
+    program = causal._gpt_program(gpt[0], B, True, GPT_SETTING["top_k"], True, causal.decode_chunks(1 + N))
     gpt_sample(gpt)
     built = causal._gpt_program.cache_info().misses
     known = dict(known_codes=jnp.ones((B, N), jnp.int32), known_mask=jnp.eye(B, N, dtype=bool))
@@ -109,6 +109,13 @@ def test_gpt_one_program_for_every_call_of_a_setting(gpt):
                       dict(cfg_schedule="linear"), dict(keys=None), known]:
         gpt_sample(gpt, **overrides)
     assert causal._gpt_program.cache_info().misses == built and program._cache_size() == 1
+
+
+def test_gpt_codes_do_not_depend_on_the_cache_chunks(gpt):
+    """Caches in 3 chunks (6 positions each): 3 scans, each reading the chunks filled so far."""
+    np.testing.assert_array_equal(gpt_sample(gpt, cache_chunks=3), gpt_sample(gpt))
+    with pytest.raises(ValueError, match="cache_chunks must be an int in 1..17"):
+        gpt_sample(gpt, cache_chunks=18)
 
 
 def test_decode_traces_each_callable_once_not_per_token():
@@ -143,7 +150,7 @@ def test_decode_traces_each_callable_once_not_per_token():
 def test_gpt_guidance_scale_one_equals_no_guidance(gpt):
     model, params = gpt
     unguided = gpt_sample(gpt, cfg=1.0)
-    program = causal._gpt_program(model, B, True, GPT_SETTING["top_k"], True)
+    program = causal._gpt_program(model, B, True, GPT_SETTING["top_k"], True, causal.decode_chunks(1 + N))
     guided = program(params, LABELS, step_keys(5), jnp.ones((N,)), jnp.int32(-1), jnp.float32(1.2),
                      jnp.float32(0.9), jnp.zeros((B, N), jnp.int32), jnp.zeros((B, N), bool))
     np.testing.assert_array_equal(guided, unguided)
@@ -260,6 +267,10 @@ def raster_diffloss() -> Cell:
     return make_cell("raster", "diffloss")
 
 
+def test_ar_tokens_do_not_depend_on_the_cache_chunks(random_softmax):
+    np.testing.assert_array_equal(random_softmax.sample(cache_chunks=4), random_softmax.sample())
+
+
 def test_ar_same_rng_same_tokens_and_drawn_orders(random_softmax):
     cell = random_softmax
     draw = functools.partial(causal.generate_ar, cell.model, cell.params, LABELS, **SOFTMAX_SETTING)
@@ -270,7 +281,8 @@ def test_ar_same_rng_same_tokens_and_drawn_orders(random_softmax):
 
 def test_ar_diffloss_guidance_scale_one_equals_no_guidance(raster_diffloss):
     cell = raster_diffloss
-    program = causal._ar_program(cell.model, B, True, 0, False, DIFFLOSS_SETTING["num_diffusion_steps"], False)
+    program = causal._ar_program(cell.model, B, True, 0, False, DIFFLOSS_SETTING["num_diffusion_steps"], False,
+                                 causal.decode_chunks(N))
     guided = program(cell.params, LABELS, cell.orders, step_keys(5), jnp.ones((N,)), jnp.int32(-1),
                      jnp.float32(0.9), jnp.float32(1.0), cell.setting["noise"], jnp.zeros((B, N, 4)),
                      jnp.zeros((B, N), bool))

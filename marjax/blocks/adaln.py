@@ -78,7 +78,7 @@ class QKNormAttention(nn.Module):
         """x: (B, N, C) -> (B, N, C), or ((B, N, C), the updated cache) when `cache` is given.
 
         mask: bool, broadcastable to (B, heads, N, keys), True where a query may attend a key.
-        cache: (B, max_len, heads, head_dim) keys and values of the earlier positions; x's are written
+        cache: a `KVCache` of the keys and values of the earlier positions; x's are written
         after them and x's queries attend every filled key and `mask` (VAR's cached scale: all of
         itself and the earlier scales, so no mask).
         """

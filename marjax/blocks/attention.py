@@ -15,6 +15,7 @@ same arithmetic on the cache's own layouts (`KVCache`).
 Masks are bool arrays broadcastable to (B, heads, q_len, k_len), True where a query may attend a key.
 """
 from functools import reduce
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -58,69 +59,106 @@ def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
 
 @struct.dataclass
 class KVCache:
-    """Keys and values of the positions seen so far, at static shapes, in the layouts the two
-    attention products read: k (B, kv_heads, head_dim, max_len), the keys transposed, and
-    v (B, kv_heads, max_len, head_dim). length: int32 scalar, the number of filled positions (shared
-    by the batch). Positions at and after `length` hold zeros or stale values and are masked.
+    """Keys and values of the positions seen so far, at static shapes, in chunks of `chunk_len`
+    positions (chunk j holds positions [j * chunk_len, (j + 1) * chunk_len)), each in the layout the
+    attention products read: k[j] (B, kv_heads, head_dim, chunk_len), the keys transposed, and
+    v[j] (B, kv_heads, chunk_len, head_dim). length: int32 scalar, the number of filled positions
+    (shared by the batch); positions at and after it hold zeros or stale values and are masked.
+
+    open_chunk (static): the chunk that `update` writes; attention reads chunks 0..open_chunk only,
+    `visible_len` positions. A cache of one chunk is the plain static cache. A decoding loop over
+    many chunks advances open_chunk between segments of its steps (`with_open_chunk`): each step
+    then reads only the chunks filled so far, about half the cache on average, and writes into a
+    chunk small enough to stay in the CPU's cache.
 
     Not (B, max_len, kv_heads, head_dim), the layout the keys come in: with it XLA's CPU backend
     transposed every layer's whole cache at every decode step, most of a small GPT's step
     (BENCHMARKS.md). Here only the new positions are transposed, when they are written.
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     length: jax.Array
+    open_chunk: int = struct.field(pytree_node=False, default=0)
 
     @classmethod
-    def init(cls, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype: Dtype = jnp.float32) -> "KVCache":
-        """An empty cache of `max_len` positions, zeros, length 0."""
-        return cls(k=jnp.zeros((batch, kv_heads, head_dim, max_len), dtype),
-                   v=jnp.zeros((batch, kv_heads, max_len, head_dim), dtype), length=jnp.zeros((), jnp.int32))
+    def init(cls, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype: Dtype = jnp.float32,
+             chunks: int = 1) -> "KVCache":
+        """An empty cache of `chunks` equal chunks holding at least `max_len` positions, zeros,
+        length 0, chunk 0 open."""
+        if chunks < 1 or chunks > max_len:
+            raise ValueError(f"a KV cache of {max_len} positions takes 1 to {max_len} chunks, got {chunks}")
+        chunk_len = -(-max_len // chunks)
+        return cls(k=tuple(jnp.zeros((batch, kv_heads, head_dim, chunk_len), dtype) for _ in range(chunks)),
+                   v=tuple(jnp.zeros((batch, kv_heads, chunk_len, head_dim), dtype) for _ in range(chunks)),
+                   length=jnp.zeros((), jnp.int32))
+
+    @property
+    def chunk_len(self) -> int:
+        return self.v[0].shape[-2]
 
     @property
     def max_len(self) -> int:
-        return self.v.shape[2]
+        return self.chunk_len * len(self.v)
+
+    @property
+    def visible_len(self) -> int:
+        """The positions attention reads: those of chunks 0..open_chunk."""
+        return self.chunk_len * (self.open_chunk + 1)
 
     def update(self, k_new: jax.Array, v_new: jax.Array) -> "KVCache":
         """Writes k_new, v_new: (B, n, kv_heads, head_dim) at positions [length, length + n) and
-        advances length by n. length + n must not exceed max_len (dynamic_update_slice would clamp
-        the start and overwrite earlier positions)."""
-        k = jax.lax.dynamic_update_slice(self.k, k_new.transpose(0, 2, 3, 1).astype(self.k.dtype),
-                                         (0, 0, 0, self.length))
-        v = jax.lax.dynamic_update_slice(self.v, v_new.transpose(0, 2, 1, 3).astype(self.v.dtype),
-                                         (0, 0, self.length, 0))
-        return KVCache(k=k, v=v, length=self.length + k_new.shape[1])
+        advances length by n. Those positions must lie in the open chunk (dynamic_update_slice would
+        clamp the start and overwrite other positions): with one chunk, length + n <= max_len."""
+        j = self.open_chunk
+        offset = self.length - j * self.chunk_len
+        k = jax.lax.dynamic_update_slice(self.k[j], k_new.transpose(0, 2, 3, 1).astype(self.k[j].dtype),
+                                         (0, 0, 0, offset))
+        v = jax.lax.dynamic_update_slice(self.v[j], v_new.transpose(0, 2, 1, 3).astype(self.v[j].dtype),
+                                         (0, 0, offset, 0))
+        return self.replace(k=self.k[:j] + (k,) + self.k[j + 1:], v=self.v[:j] + (v,) + self.v[j + 1:],
+                            length=self.length + k_new.shape[1])
 
     def keys(self) -> jax.Array:
         """(B, max_len, kv_heads, head_dim): the keys in the layout they were written in."""
-        return self.k.transpose(0, 3, 1, 2)
+        return jnp.concatenate(self.k, axis=-1).transpose(0, 3, 1, 2)
 
     def values(self) -> jax.Array:
         """(B, max_len, kv_heads, head_dim): the values in the layout they were written in."""
-        return self.v.transpose(0, 2, 1, 3)
+        return jnp.concatenate(self.v, axis=-2).transpose(0, 2, 1, 3)
 
     def filled_mask(self) -> jax.Array:
-        """(1, 1, 1, max_len) bool, True at filled positions."""
-        return (jnp.arange(self.max_len) < self.length)[None, None, None, :]
+        """(1, 1, 1, visible_len) bool, True at filled positions."""
+        return (jnp.arange(self.visible_len) < self.length)[None, None, None, :]
+
+
+def with_open_chunk(caches: Any, chunk: int) -> Any:
+    """Every `KVCache` in the pytree `caches` with chunk `chunk` open (see `KVCache`)."""
+    return jax.tree.map(lambda c: c.replace(open_chunk=chunk) if isinstance(c, KVCache) else c, caches,
+                        is_leaf=lambda c: isinstance(c, KVCache))
 
 
 def cached_attention(q: jax.Array, cache: KVCache, mask: jax.Array | None, scale: float) -> jax.Array:
-    """Attention of q over every position of `cache`, the arithmetic of `jax.nn.dot_product_attention`'s
-    XLA path: logits q.k in float32 (bf16 products accumulated in float32), times `scale`, masked
-    logits set to its large negative, softmax in float32, probabilities in the values' dtype.
+    """Attention of q over the visible positions of `cache`, the arithmetic of
+    `jax.nn.dot_product_attention`'s XLA path: logits q.k in float32 (bf16 products accumulated in
+    float32), times `scale`, masked logits set to its large negative, softmax in float32,
+    probabilities in the values' dtype.
 
     q: (B, n, heads, head_dim) with heads a multiple of the cache's kv_heads (query head h uses K/V
-    head h // (heads / kv_heads)); mask: bool broadcastable to (B, heads, n, max_len), or None.
+    head h // (heads / kv_heads)); mask: bool broadcastable to (B, heads, n, visible_len), or None.
     Returns (B, n, heads, head_dim) in q's dtype.
     """
     b, n, heads, head_dim = q.shape
-    kv_heads = cache.k.shape[1]
+    kv_heads = cache.k[0].shape[1]
     groups = heads // kv_heads
-    k, v = cache.k.astype(q.dtype), cache.v.astype(q.dtype)
+    chunks = cache.open_chunk + 1
+    q = q.reshape(b, n, kv_heads, groups, head_dim)
     precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
-    logits = jnp.einsum("btkgh,bkhs->bkgts", q.reshape(b, n, kv_heads, groups, head_dim), k, precision=precision,
-                        preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
+    # One product per chunk: each reads its chunk in place, where slicing one array would copy it.
+    logits = jnp.concatenate([
+        jnp.einsum("btkgh,bkhs->bkgts", q, k.astype(q.dtype), precision=precision,
+                   preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
+        for k in cache.k[:chunks]], axis=-1)
     logits *= jnp.array(scale, logits.dtype)
     if mask is not None:
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
@@ -129,8 +167,9 @@ def cached_attention(q: jax.Array, cache: KVCache, mask: jax.Array | None, scale
                    else mask.reshape(mask.shape[0], kv_heads, groups, *mask.shape[2:]))
         large_negative = -0.7 * float(jnp.finfo(logits.dtype).max)
         logits = jnp.where(grouped, logits, jnp.array(large_negative, logits.dtype))
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bksh->btkgh", probs, v)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+    probs = jnp.split(probs, chunks, axis=-1)
+    out = sum(jnp.einsum("bkgts,bksh->btkgh", p, v.astype(q.dtype)) for p, v in zip(probs, cache.v[:chunks]))
     return out.reshape(b, n, heads, head_dim)
 
 
@@ -225,8 +264,8 @@ class Attention(nn.Module):
         kv_lengths: (B,) int, keys at positions >= length are ignored. rope: (cos, sin) for the
         positions of x, each broadcastable to (B, N, head_dim // 2) (see `rope_1d`, `rope_2d`).
         mask: bool, broadcastable to (B, heads, N, S) with S the number of keys (N, or the
-        cache's max_len).
-        cache: (B, max_len, kv_heads, head_dim) keys and values of the earlier positions; x's k and
+        cache's visible_len).
+        cache: a `KVCache` of the keys and values of the earlier positions; x's k and
         v are written after them, x's queries sit at absolute positions length + i, and keys not yet
         filled are masked. Without `mask`, attention over the cache is causal in absolute positions;
         a given `mask` replaces causality (e.g. all True for a VAR scale attending all earlier scales
@@ -253,7 +292,7 @@ class Attention(nn.Module):
                 raise ValueError("with a KV cache, attention takes neither kv_lengths (the cache's length "
                                  "masks it) nor dropout on the probabilities (decoding is deterministic)")
             cache = cache.update(k, v)
-            step_mask = causal_mask(n, cache.max_len, cache.length - n) if mask is None else mask
+            step_mask = causal_mask(n, cache.visible_len, cache.length - n) if mask is None else mask
             out = cached_attention(q, cache, combine_masks(step_mask, cache.filled_mask()), head_dim ** -0.5)
         else:
             if mask is not None:

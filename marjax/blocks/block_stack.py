@@ -36,11 +36,11 @@ def make_blocks(make_block: Callable[[str], nn.Module], group: str, depth: int,
 
 
 def init_caches(depth: int, scan: bool, batch: int, max_len: int, kv_heads: int, head_dim: int,
-                dtype: Dtype = jnp.float32) -> list[KVCache] | KVCache:
-    """Empty KV caches for the blocks of `make_blocks(..., depth, scan)`, each (batch, max_len,
-    kv_heads, head_dim): a list of `depth` caches, or with `scan` one cache whose leaves (length
-    included) lead with an axis of size depth, which the scan runs over."""
-    cache = KVCache.init(batch, max_len, kv_heads, head_dim, dtype)
+                dtype: Dtype = jnp.float32, chunks: int = 1) -> list[KVCache] | KVCache:
+    """Empty KV caches for the blocks of `make_blocks(..., depth, scan)`, each `KVCache.init(batch,
+    max_len, kv_heads, head_dim, dtype, chunks)`: a list of `depth` caches, or with `scan` one cache
+    whose leaves (length included) lead with an axis of size depth, which the scan runs over."""
+    cache = KVCache.init(batch, max_len, kv_heads, head_dim, dtype, chunks)
     if scan:
         return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (depth,) + leaf.shape), cache)
     return [cache] * depth

@@ -224,10 +224,11 @@ def ar_preset(name: str, **overrides: Any) -> AR:
     return build_preset(AR, PRESETS, name, overrides)
 
 
-def init_decode_caches(model: AR, batch: int) -> list[KVCache] | KVCache:
-    """Empty KV caches of every block for `prefill`, N rows each, in the blocks' layout."""
+def init_decode_caches(model: AR, batch: int, chunks: int = 1) -> list[KVCache] | KVCache:
+    """Empty KV caches of every block for `prefill`, N rows each in `chunks` chunks (`KVCache`), in the
+    blocks' layout."""
     return init_caches(model.depth, model.scan_layers, batch, model.seq_len, model.num_heads,
-                       model.width // model.num_heads, model.dtype)
+                       model.width // model.num_heads, model.dtype, chunks)
 
 
 def init_params(model: AR, rng: jax.Array, batch_size: int = 1) -> dict:

@@ -137,11 +137,12 @@ class GPT(nn.Module):
         return self.head(self.norm(h))[:, 0], tuple(updated)
 
 
-def init_caches(model: GPT, batch_size: int, dtype: Dtype = jnp.float32) -> tuple[KVCache, ...]:
-    """Empty KV caches, one per layer, each (batch_size, 1 + seq_len, kv_heads, head_dim) in `dtype`
-    (LlamaGen: the weights' dtype): room for the class token and every code."""
+def init_caches(model: GPT, batch_size: int, dtype: Dtype = jnp.float32, chunks: int = 1) -> tuple[KVCache, ...]:
+    """Empty KV caches, one per layer, of batch_size rows in `dtype` (LlamaGen: the weights' dtype)
+    with room for the class token and every code, 1 + seq_len positions, in `chunks` chunks (`KVCache`)."""
     kv_heads = model.num_kv_heads or model.num_heads
-    return tuple(block_caches(model.depth, False, batch_size, 1 + model.seq_len, kv_heads, model.head_dim, dtype))
+    return tuple(block_caches(model.depth, False, batch_size, 1 + model.seq_len, kv_heads, model.head_dim, dtype,
+                              chunks))
 
 
 def gpt_preset(name: str, **overrides: Any) -> GPT:

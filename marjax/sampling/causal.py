@@ -3,9 +3,10 @@
 The loop, `decode`, is a pure function over three small callables, in the manner of maskgit's
 `parallel_decode`: `prefill(caches)` runs the class token, `choose(out, i)` turns the model output
 of step i into one token per sample (CFG, temperature, top-k/p on logits, or the DiffLoss reverse
-process) and `step(token, i, caches)` feeds that token back. Prefill, then one `lax.scan` over the
-tokens; the models hold no sampler code, and this loop no model code. `generate_codes` (GPT) and
-`generate_ar` (AR, both heads) are thin wrappers that build the three callables.
+process) and `step(token, i, caches)` feeds that token back. Prefill, then `lax.scan` over the
+tokens (one scan per chunk of the KV caches); the models hold no sampler code, and this loop no
+model code. `generate_codes` (GPT) and `generate_ar` (AR, both heads) are thin wrappers that build
+the three callables.
 
 Step i generates the token at grid position targets[:, i]: i for GPT and raster AR, orders[:, i]
 for a random-order AR. Tokens come back in grid (raster) order.
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from marjax.blocks.attention import KVCache, with_open_chunk
 from marjax.heads.diffusion import respaced_step_count
 from marjax.heads.softmax import cfg_logits, sample_logits
 from marjax.models.ar import AR, init_decode_caches
@@ -39,17 +41,23 @@ Prefill = Callable[[Caches], tuple[jax.Array, Caches]]
 Step = Callable[[jax.Array, jax.Array, Caches], tuple[jax.Array, Caches]]
 Choose = Callable[[jax.Array, jax.Array], jax.Array]
 
+# Samplers' caches in chunks of this many positions or more (`decode_chunks`): see KVCache.
+DECODE_CHUNK_LEN = 16
+MAX_DECODE_CHUNKS = 4
+
 
 def decode(prefill: Prefill, step: Step, choose: Choose, caches: Caches, targets: jax.Array, tokens: jax.Array,
            known_mask: jax.Array, copies: int) -> jax.Array:
     """The shared loop: prefill, then `lax.scan` over steps 0..N-2, then the last token.
 
     Args:
-      prefill: caches -> (out, caches); out (copies*B, ...) conditions the token of step 0.
+      prefill: caches -> (out, caches); writes cache row 0 and returns out (copies*B, ...), which
+        conditions the token of step 0.
       step: (token (copies*B, ...), i, caches) -> (out, caches): feeds the token of step i (traced
-        int scalar) and returns the output that conditions the token of step i + 1.
+        int scalar) as cache row i + 1 and returns the output that conditions the token of step i + 1.
       choose: (out, i) -> (B, ...) the token of step i, in the dtype of `tokens`.
-      caches: the empty KV caches `prefill` starts from.
+      caches: the empty KV caches `prefill` starts from. In chunks (`KVCache`), the steps run as one
+        scan per chunk, with that chunk open: each step reads only the chunks filled so far.
       targets: (B, N) int, the grid position each step generates (a permutation per sample).
       tokens: (B, N, ...) in grid order: the known tokens where `known_mask`, anything elsewhere.
       known_mask: (B, N) bool over the grid, True = known.
@@ -73,9 +81,29 @@ def decode(prefill: Prefill, step: Step, choose: Choose, caches: Caches, targets
         return (out, caches, tokens), None
 
     out, caches = prefill(caches)
-    # The last token feeds nothing back: it is chosen after the scan, so no step runs past the caches.
-    (out, _, tokens), _ = jax.lax.scan(body, (out, caches, tokens), jnp.arange(num_steps - 1))
+    # The last token feeds nothing back: it is chosen after the scans, so no step runs past the caches.
+    for chunk, first, stop in _chunk_segments(num_steps - 1, caches):
+        (out, caches, tokens), _ = jax.lax.scan(body, (out, with_open_chunk(caches, chunk), tokens),
+                                                jnp.arange(first, stop))
     return place(out, jnp.int32(num_steps - 1), tokens)[1]
+
+
+def _chunk_segments(num_steps: int, caches: Caches) -> list[tuple[int, int, int]]:
+    """(chunk, first step, stop step) of each scan of `decode`: step i writes cache row i + 1, which
+    lies in chunk (i + 1) // chunk_len of the caches (one scan when they hold no `KVCache`)."""
+    kv_caches = [c for c in jax.tree.leaves(caches, is_leaf=lambda c: isinstance(c, KVCache))
+                 if isinstance(c, KVCache)]
+    chunk_len = kv_caches[0].chunk_len if kv_caches else num_steps + 1
+    bounds = range(chunk_len - 1, num_steps, chunk_len)
+    starts = [0, *bounds]
+    stops = [*bounds, num_steps]
+    return [(chunk, first, stop) for chunk, (first, stop) in enumerate(zip(starts, stops)) if stop > first]
+
+
+def decode_chunks(max_len: int) -> int:
+    """How many chunks the samplers' KV caches of `max_len` positions take: one per
+    DECODE_CHUNK_LEN positions, at most MAX_DECODE_CHUNKS (each is one more scan body to compile)."""
+    return max(1, min(MAX_DECODE_CHUNKS, max_len // DECODE_CHUNK_LEN))
 
 
 def softmax_choice(logits_of: Callable[[jax.Array], jax.Array], keys: jax.Array, scales: jax.Array, guided: bool,
@@ -105,7 +133,7 @@ def cfg_scales(num_tokens: int, cfg: float, schedule: str) -> jax.Array:
 def generate_codes(model: GPT, params: dict, labels: ArrayLike, rng: jax.Array, *, cfg: float = 1.0,
                    cfg_schedule: str = "constant", cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0,
                    top_p: float = 1.0, keys: jax.Array | None = None, known_codes: ArrayLike | None = None,
-                   known_mask: ArrayLike | None = None) -> jax.Array:
+                   known_mask: ArrayLike | None = None, cache_chunks: int | None = None) -> jax.Array:
     """Samples VQ codes with LlamaGen's c2i GPT, in raster order.
 
     Args:
@@ -118,6 +146,7 @@ def generate_codes(model: GPT, params: dict, labels: ArrayLike, rng: jax.Array, 
       temperature, top_k (0 = off), top_p (1.0 = off): LlamaGen's sampling, after guidance.
       keys: optional (N,) PRNG keys; step i (the code at grid position i) draws from keys[i].
       known_codes: optional (B, N) int codes kept where known_mask (B, N) bool is True; N = grid_size^2.
+      cache_chunks: the KV caches' chunks (`decode`; None: `decode_chunks`); the codes do not depend on it.
     Returns:
       (B, N) int32 codes in raster order.
     """
@@ -128,13 +157,14 @@ def generate_codes(model: GPT, params: dict, labels: ArrayLike, rng: jax.Array, 
         raise ValueError("guidance needs the GPT's null class (class_dropout > 0)")
     keys = _step_keys(keys, rng, num_tokens)
     known_codes, known_mask = _known(known_codes, known_mask, (batch, num_tokens), jnp.int32)
-    program = _gpt_program(model, batch, guided, _top_k(top_k), top_p < 1.0)
+    program = _gpt_program(model, batch, guided, _top_k(top_k), top_p < 1.0,
+                           _cache_chunks(cache_chunks, 1 + num_tokens))
     return program(params, labels, keys, cfg_scales(num_tokens, cfg, cfg_schedule), jnp.int32(cfg_interval),
                    jnp.float32(temperature), jnp.float32(top_p), known_codes, known_mask)
 
 
 @functools.lru_cache(maxsize=32)
-def _gpt_program(model: GPT, batch: int, guided: bool, top_k: int, filter_top_p: bool):
+def _gpt_program(model: GPT, batch: int, guided: bool, top_k: int, filter_top_p: bool, cache_chunks: int):
     """One jitted GPT sampler per static setting; scales, interval, temperature and top_p are traced."""
 
     def run(params, labels, keys, scales, cfg_interval, temperature, top_p, known_codes, known_mask):
@@ -151,7 +181,7 @@ def _gpt_program(model: GPT, batch: int, guided: bool, top_k: int, filter_top_p:
 
         choose = softmax_choice(lambda logits: logits, keys, scales, guided, cfg_interval, temperature, top_k,
                                 top_p if filter_top_p else 1.0)
-        caches = init_caches(model, copies * batch, model.dtype)
+        caches = init_caches(model, copies * batch, model.dtype, cache_chunks)
         return decode(prefill, step, choose, caches, raster_orders(batch, model.seq_len), known_codes, known_mask,
                       copies)
 
@@ -162,7 +192,7 @@ def generate_ar(model: AR, params: dict, labels: ArrayLike, rng: jax.Array, *, o
                 cfg: float = 1.0, cfg_schedule: str = "linear", cfg_interval: int = -1, temperature: float = 1.0,
                 top_k: int = 0, top_p: float = 1.0, num_diffusion_steps: int | str = 100, clip_denoised: float = 0.0,
                 keys: jax.Array | None = None, noise: jax.Array | None = None, known_tokens: ArrayLike | None = None,
-                known_mask: ArrayLike | None = None) -> jax.Array:
+                known_mask: ArrayLike | None = None, cache_chunks: int | None = None) -> jax.Array:
     """Samples tokens with a causal AR baseline (either head, either order).
 
     Args:
@@ -185,6 +215,7 @@ def generate_ar(model: AR, params: dict, labels: ArrayLike, rng: jax.Array, *, o
         order, kept where known_mask (B, N) bool is True. They are fed at their step of the order, so
         the tokens generated before them do not see them; a random-order model sees them all when
         the caller puts them first in `orders`.
+      cache_chunks: the KV caches' chunks (`decode`; None: `decode_chunks`); the tokens do not depend on it.
     Returns:
       (B, N, token_dim) float32 tokens (DiffLoss) or (B, N) int32 codes (softmax), in grid order.
     """
@@ -210,14 +241,15 @@ def generate_ar(model: AR, params: dict, labels: ArrayLike, rng: jax.Array, *, o
     known_tokens, known_mask = _known(known_tokens, known_mask, token_shape, jnp.int32 if softmax else jnp.float32)
     # The unused settings of the other head are normalised so they do not make new programs.
     program = _ar_program(model, batch, cfg != 1.0, _top_k(top_k) if softmax else 0, softmax and top_p < 1.0,
-                          0 if softmax else str(num_diffusion_steps), 0.0 if softmax else float(clip_denoised))
+                          0 if softmax else str(num_diffusion_steps), 0.0 if softmax else float(clip_denoised),
+                          _cache_chunks(cache_chunks, num_tokens))
     return program(params, labels, orders, keys, cfg_scales(num_tokens, cfg, cfg_schedule), jnp.int32(cfg_interval),
                    jnp.float32(temperature), jnp.float32(top_p), noise, known_tokens, known_mask)
 
 
 @functools.lru_cache(maxsize=32)
 def _ar_program(model: AR, batch: int, guided: bool, top_k: int, filter_top_p: bool, num_diffusion_steps: int | str,
-                clip_denoised: float):
+                clip_denoised: float, cache_chunks: int):
     """One jitted AR sampler per static setting; orders, scales, temperature and top_p are traced."""
 
     def run(params, labels, orders, keys, scales, cfg_interval, temperature, top_p, noise, known_tokens, known_mask):
@@ -246,7 +278,7 @@ def _ar_program(model: AR, batch: int, guided: bool, top_k: int, filter_top_p: b
                 return model.apply(variables, z, draw, temperature, scales[i] if guided else None,
                                    num_diffusion_steps, clip_denoised, method=AR.sample_tokens)
 
-        caches = init_decode_caches(model, copies * batch)
+        caches = init_decode_caches(model, copies * batch, cache_chunks)
         return decode(prefill, step, choose, caches, orders, known_tokens, known_mask, copies)
 
     return jax.jit(run)
@@ -266,6 +298,15 @@ def _step_keys(keys: jax.Array | None, rng: jax.Array, num_tokens: int) -> jax.A
     if keys.shape != (num_tokens,):
         raise ValueError(f"keys must be (N,) = ({num_tokens},) PRNG keys, got shape {keys.shape}")
     return keys
+
+
+def _cache_chunks(chunks: int | None, max_len: int) -> int:
+    """The given chunk count, checked, or `decode_chunks(max_len)` for None."""
+    if chunks is None:
+        return decode_chunks(max_len)
+    if int(chunks) != chunks or not 1 <= chunks <= max_len:
+        raise ValueError(f"cache_chunks must be an int in 1..{max_len} (the caches' positions), got {chunks}")
+    return int(chunks)
 
 
 def _top_k(top_k: int) -> int:
