@@ -45,7 +45,7 @@ from bench_setup import run_facts
 from causal_sampling import GPT_TINY_CPU
 from marjax.models.gpt import GPT
 from marjax.models.gpt_torch_layout import params_from_torch_state
-from marjax.sampling.causal import generate_codes
+from marjax.sampling.causal import decode_chunks, generate_codes
 
 REFERENCE_FILES = ("autoregressive/models/gpt.py", "autoregressive/models/generate.py", "utils/drop_path.py")
 
@@ -131,6 +131,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-chunks", type=int, default=None,
+                        help="marjax's KV caches in this many chunks (default: the sampler's own choice)")
+    parser.add_argument("--also-cache-chunks", type=int, default=None,
+                        help="also time marjax with its caches in this many chunks in every round, and check its codes")
     parser.add_argument("--check-greedy", action="store_true",
                         help="after the rounds, sample the same labels with top_k=1 on both sides and assert equal codes")
     args = parser.parse_args()
@@ -154,9 +158,13 @@ def main() -> None:
     torch_labels = torch.from_numpy(labels)
     rng = jax.random.key(args.seed)
 
-    def run_marjax(top_k: int) -> np.ndarray:
-        codes = generate_codes(model, params, labels, rng, cfg=args.cfg, top_k=top_k, temperature=args.temperature)
+    def run_marjax(top_k: int, cache_chunks: int | None = args.cache_chunks) -> np.ndarray:
+        codes = generate_codes(model, params, labels, rng, cfg=args.cfg, top_k=top_k, temperature=args.temperature,
+                               cache_chunks=cache_chunks)
         return np.asarray(jax.block_until_ready(codes))
+
+    def run_other_chunks(top_k: int) -> np.ndarray:
+        return run_marjax(top_k, args.also_cache_chunks)
 
     def run_reference(top_k: int) -> np.ndarray:
         with torch.no_grad():
@@ -183,6 +191,12 @@ def main() -> None:
     codes["fraction_equal"] = round(float((marjax_codes == reference_codes).mean()), 4)
     if not codes["valid_same_shape"]:
         sys.exit(f"error: invalid codes: {json.dumps(codes)}")
+    other_chunks = None
+    if args.also_cache_chunks is not None:
+        first_other, other_codes = timed(run_other_chunks)
+        other_chunks = {"cache_chunks": args.also_cache_chunks, "first_call_incl_compile_s": round(first_other, 2),
+                        "same_codes": bool((other_codes == marjax_codes).all())}
+        assert other_chunks["same_codes"], f"the codes depend on the cache chunks: {other_chunks}"
 
     rounds = []
     for _ in range(args.rounds):
@@ -191,6 +205,8 @@ def main() -> None:
         matmuls_s, _ = timed(lambda _: jax.block_until_ready(matmuls()))
         rounds.append({"marjax": round(marjax_s, 4), "reference": round(reference_s, 4),
                        "matmuls_alone": round(matmuls_s, 4)})
+        if other_chunks is not None:
+            rounds[-1]["marjax_other_chunks"] = round(timed(run_other_chunks)[0], 4)
     ratios = [r["reference"] / r["marjax"] for r in rounds]
 
     greedy = None
@@ -212,6 +228,10 @@ def main() -> None:
               "median_ratio_reference_over_marjax": round(statistics.median(ratios), 3),
               "matmuls_alone_median_s": round(statistics.median(r["matmuls_alone"] for r in rounds), 4),
               "budget_for_3x_s": round(reference_median / 3, 4),
+              "cache_chunks": args.cache_chunks or decode_chunks(1 + model.seq_len), "other_chunks": other_chunks and {
+                  **other_chunks, "median_s": statistics.median(r["marjax_other_chunks"] for r in rounds),
+                  "median_ratio_over_marjax": round(statistics.median(
+                      r["marjax_other_chunks"] / r["marjax"] for r in rounds), 3)},
               "marjax_images_per_s": round(args.batch / marjax_median, 2),
               "codes": codes, "greedy_check": greedy,
               "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
