@@ -11,6 +11,7 @@
 #   bash benchmarks/accelerator_suite.sh train      # MAR-B/L/H, batch 64 per device, bf16 (~2 min each)
 #   bash benchmarks/accelerator_suite.sh sample     # MAR-L, 64 steps, batch 256, CFG 3.0 linear, bf16 (~4.5 min)
 #   bash benchmarks/accelerator_suite.sh breakdown  # MAR-L train step: transformer / DiffLoss / rest
+#   bash benchmarks/accelerator_suite.sh families   # LlamaGen GPT-B and VAR-d16 train steps, batch 64, bf16
 #   REFERENCE_CODE=/path/to/mar bash benchmarks/accelerator_suite.sh train
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,12 @@ case "${1:-}" in
       --cfg=3.0 --cfg-schedule=linear --bf16 --repeats=1 "${reference[@]}" | tee -a "$results" ;;
   breakdown)
     python3 benchmarks/step_breakdown.py --size=mar_large --batch=64 --bf16 | tee -a "$results" ;;
+  families)
+    for config in configs/llamagen_gpt.py:gpt_b configs/var_imagenet.py:d16; do
+      python3 benchmarks/task_train_throughput.py --config="$config" --batch=64 --steps=10 \
+        --set model.dtype=bfloat16 | tee -a "$results"
+    done ;;
   *)
-    echo "usage: $0 train|sample|breakdown" >&2
+    echo "usage: $0 train|sample|breakdown|families" >&2
     exit 2 ;;
 esac
