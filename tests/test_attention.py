@@ -357,12 +357,17 @@ def test_cached_block_steps_with_a_mask_equal_block_causal_forward():
     attn = Attention(HEADS)
     params = random_params(attn, x, seed=15)
     full = attn.apply({"params": params}, x, mask=block_causal_mask(jnp.repeat(jnp.arange(4), np.array(sizes))))
-    cache, outs, start = garbage_cache(2, HEADS), [], 0
-    for size in sizes:
-        out, cache = attn.apply({"params": params}, x[:, start:start + size], mask=jnp.array(True), cache=cache)
-        outs.append(out)
-        start += size
-    np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-5)
+
+    @jax.jit  # one program, where op by op every operation compiles on its own
+    def blockwise(params, x):
+        cache, outs, start = garbage_cache(2, HEADS), [], 0
+        for size in sizes:
+            out, cache = attn.apply({"params": params}, x[:, start:start + size], mask=jnp.array(True), cache=cache)
+            outs.append(out)
+            start += size
+        return jnp.concatenate(outs, axis=1)
+
+    np.testing.assert_allclose(blockwise(params, x), full, atol=1e-5)
 
 
 def test_stepping_a_cache_compiles_once():
@@ -392,15 +397,21 @@ def test_cached_attention_is_dot_product_attention_on_the_cache(kv_heads, dtype,
     q = jax.random.normal(jax.random.key(18), (3, 3, 4, 8), dtype)  # (B, n, heads, head_dim)
     k_new = jax.random.normal(jax.random.key(19), (3, 5, kv_heads, 8), dtype)
     v_new = jax.random.normal(jax.random.key(20), (3, 5, kv_heads, 8), dtype)
-    cache = KVCache.init(3, 9, kv_heads, 8, dtype, chunks)
-    for start in range(0, 5, cache.chunk_len):  # each write within the open chunk
-        part = slice(start, min(start + cache.chunk_len, 5))
-        cache = with_open_chunk(cache, start // cache.chunk_len).update(k_new[:, part], v_new[:, part])
-    visible = cache.visible_len  # 9 in one chunk; 6 in chunks of 3
-    mask = combine_masks(jax.random.bernoulli(jax.random.key(21), 0.7, (3, 1, 3, visible)).at[..., 0].set(True),
-                         cache.filled_mask())
-    got = cached_attention(q, cache, mask, 8 ** -0.5)
-    expected = jax.nn.dot_product_attention(q, cache.keys()[:, :visible], cache.values()[:, :visible], mask=mask)
+    visible = 9 if chunks == 1 else 6  # the chunks filled by 5 positions: 1 of 9, or 2 of 3
+    allowed = jax.random.bernoulli(jax.random.key(21), 0.7, (3, 1, 3, visible)).at[..., 0].set(True)
+
+    @jax.jit  # one program, where op by op every operation compiles on its own
+    def both(q, k_new, v_new, allowed):
+        cache = KVCache.init(3, 9, kv_heads, 8, dtype, chunks)
+        for start in range(0, 5, cache.chunk_len):  # each write within the open chunk
+            part = slice(start, min(start + cache.chunk_len, 5))
+            cache = with_open_chunk(cache, start // cache.chunk_len).update(k_new[:, part], v_new[:, part])
+        assert cache.visible_len == visible
+        mask = combine_masks(allowed, cache.filled_mask())
+        return (cached_attention(q, cache, mask, 8 ** -0.5),
+                jax.nn.dot_product_attention(q, cache.keys()[:, :visible], cache.values()[:, :visible], mask=mask))
+
+    got, expected = both(q, k_new, v_new, allowed)
     assert got.dtype == dtype and got.shape == (3, 3, 4, 8)
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected, np.float32),
                                rtol=1e-6 if dtype == jnp.float32 else 1e-2, atol=1e-6 if dtype == jnp.float32 else 1e-2)
