@@ -6,9 +6,9 @@ batch of zeros. Prints one JSON line.
       --set model.dtype=bfloat16 --steps=20
   python benchmarks/task_train_throughput.py --config=configs/var_imagenet.py:d16 --batch=16
 
-The task is built as `--mode=compile` builds it (no data and no tokenizer weights are read), on the
-config's mesh over every local device; its train step is compiled for the task's state and a batch
-of `--batch` (the config's `train.global_batch_size` is replaced). The batch holds zeros of the
+The train step is compiled as `--mode=compile` compiles it (`compile_report.compiled_train_step`: no
+data and no tokenizer weights are read), on the config's mesh over every local device, for the
+task's state and a batch of `--batch` (the config's `train.global_batch_size` is replaced). The batch holds zeros of the
 task's batch shapes (valid codes, labels and pixels for every family: a step's time does not depend
 on the values). One warm-up step, then `--steps` steps, each blocked on.
 
@@ -27,9 +27,8 @@ import jax.numpy as jnp
 
 from bench_setup import device_peak_mib, peak_tflops, run_facts
 from marjax.config.loading import config_keys, load_config_file
-from marjax.parallel.sharding import mesh_from_config, replicated
-from marjax.tasks.registry import check_config, make_task
-from marjax.tasks.train_state import jit_train_step
+from marjax.compile_report import compiled_train_step
+from marjax.parallel.sharding import replicated
 
 
 def parse_setting(setting: str) -> tuple[str, object]:
@@ -58,18 +57,13 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"error: --set: {args.config} has no field {', '.join(unknown)}")
     config.update_from_flattened_dict(settings)
-    check_config(config, weights=False)
-    mesh = mesh_from_config(config.mesh)
-    task = make_task(config, mesh)
-    step = jit_train_step(task.step, task.shardings, mesh)
+    start = time.perf_counter()
+    task, mesh, compiled = compiled_train_step(config)
+    compile_s = time.perf_counter() - start  # the task's building included
     rng = jax.device_put(jax.random.key(config.seed), replicated(mesh))
     frozen = jax.device_put(task.frozen, replicated(mesh))
-    abstract_batch = task.abstract_batch(args.batch)
-    batch = jax.tree.map(lambda x: jax.device_put(jnp.zeros(x.shape, x.dtype), x.sharding), abstract_batch)
-
-    start = time.perf_counter()
-    compiled = step.lower(task.abstract_state, abstract_batch, rng, frozen).compile()
-    compile_s = time.perf_counter() - start
+    batch = jax.tree.map(lambda x: jax.device_put(jnp.zeros(x.shape, x.dtype), x.sharding),
+                         task.abstract_batch(args.batch))
     state = jax.jit(task.init, out_shardings=task.shardings)(jax.random.key(config.seed))
     state, metrics = compiled(state, batch, rng, frozen)
     jax.block_until_ready(metrics)

@@ -24,6 +24,7 @@ import numpy as np
 from marjax.config.defaults import IMAGENET_TRAIN_IMAGES
 from marjax.parallel.sharding import mesh_from_config, replicated
 from marjax.config.checks import check_batch_split
+from marjax.tasks.base import Task
 from marjax.tasks.registry import check_config, make_task
 from marjax.tasks.train_state import jit_train_step
 
@@ -35,20 +36,29 @@ def _bytes_per_device(abstract: object) -> int:
     return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in jax.tree.leaves(abstract))
 
 
-def compile_report(config: ml_collections.ConfigDict, devices: list | None = None) -> list[dict]:
-    """Compiles the train step of `config.task` on its mesh over `devices` (default: all). Returns
-    three records: "setup" (params, mesh, batches), "memory" (per device, bytes and GiB), "cost"
-    (FLOPs per step)."""
+def compiled_train_step(config: ml_collections.ConfigDict,
+                        devices: list | None = None) -> tuple[Task, jax.sharding.Mesh, jax.stages.Compiled]:
+    """(task, mesh, the compiled train step): the step of `config.task` on its mesh over `devices`
+    (default: all), for the task's state, a batch of `train.global_batch_size`, a replicated key and
+    the replicated frozen arrays, as `jit_train_step` takes them. Reads no data and no weights."""
     check_config(config, weights=False)
     mesh = mesh_from_config(config.mesh, devices)
     check_batch_split(config, mesh)
     task = make_task(config, mesh, IMAGENET_TRAIN_IMAGES)
-    abstract_state = task.abstract_state
-    batch_size = config.train.global_batch_size
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated(mesh))
     frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), task.frozen)
     step = jit_train_step(task.step, task.shardings, mesh)
-    compiled = step.lower(abstract_state, task.abstract_batch(batch_size), rng, frozen).compile()
+    batch = task.abstract_batch(config.train.global_batch_size)
+    return task, mesh, step.lower(task.abstract_state, batch, rng, frozen).compile()
+
+
+def compile_report(config: ml_collections.ConfigDict, devices: list | None = None) -> list[dict]:
+    """Compiles the train step of `config.task` on its mesh over `devices` (default: all). Returns
+    three records: "setup" (params, mesh, batches), "memory" (per device, bytes and GiB), "cost"
+    (FLOPs per step)."""
+    task, mesh, compiled = compiled_train_step(config, devices)
+    abstract_state = task.abstract_state
+    batch_size = config.train.global_batch_size
 
     memory = compiled.memory_analysis()
     sizes = {"arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
